@@ -1,0 +1,156 @@
+"""The batch contract: the one interface that data, model and losses share.
+
+A collated batch is a :class:`SwimBatch`: the processor's tensors, the labels, and the attention
+supervision in compact per-row form (:class:`Supervision`). Shapes use
+
+- ``B`` samples, ``L`` padded sequence length,
+- ``R`` supervised query rows in the whole batch,
+- ``N`` object instances with ground truth in the whole batch,
+- per sample ``(T, h, w)``: its video's token grid (temporal cells, token rows, token columns),
+  ``h = H / 28`` and ``w = W / 28`` for resized frames of ``H x W`` pixels.
+
+Visual tokens of a sample are laid out temporal-cell-major, then row-major, in one contiguous span
+``[visual_start, visual_start + T*h*w)`` of its sequence (Qwen2.5-VL's layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Supervision:
+    """Attention supervision of a batch, compact and per row.
+
+    Attributes:
+        row_sample: ``(R,)`` long, batch index of each supervised row.
+        row_query: ``(R,)`` long, sequence position of the query row whose attention is supervised
+            (the tagged token's position minus one under the ``predicting`` convention, the tagged
+            token's own position under ``token``).
+        row_token: ``(R,)`` long, sequence position of the tagged token itself.
+        row_instance: ``(R,)`` long, index into the batch's instances (``0 <= i < N``).
+        row_phrase: ``(R,)`` long, batch-global index of the tagged phrase the row belongs to
+            (rows of one multi-token phrase share it).
+        visual_start: ``(B,)`` long, first position of the sample's video tokens; -1 without video.
+        grid: ``(B, 3)`` long, the sample's video token grid ``(T, h, w)``; zeros without video.
+        instance_sample: ``(N,)`` long, batch index of each instance's sample.
+        cell_masks: ``N`` tensors ``(T, h, w)`` float in [0, 1]: the instance's ground truth per
+            temporal cell, area-downsampled to the token grid (the union over the cell's frames).
+        cell_valid: ``N`` tensors ``(T,)`` bool: whether the cell has an annotated frame. Invalid
+            cells carry zeros and must not be supervised.
+        pixel_masks: ``N`` tensors ``(T, H, W)`` float in {0, 1} at the resized frame resolution,
+            or ``None`` when the data config does not ask for pixel masks.
+    """
+
+    row_sample: Tensor
+    row_query: Tensor
+    row_token: Tensor
+    row_instance: Tensor
+    row_phrase: Tensor
+    visual_start: Tensor
+    grid: Tensor
+    instance_sample: Tensor
+    cell_masks: list[Tensor]
+    cell_valid: list[Tensor]
+    pixel_masks: list[Tensor] | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.row_query.numel())
+
+    @classmethod
+    def empty(cls, batch_size: int) -> Supervision:
+        """Supervision with no rows and no instances for a batch of ``batch_size`` samples."""
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(
+            row_sample=none,
+            row_query=none,
+            row_token=none,
+            row_instance=none,
+            row_phrase=none,
+            visual_start=torch.full((batch_size,), -1, dtype=torch.long),
+            grid=torch.zeros(batch_size, 3, dtype=torch.long),
+            instance_sample=none,
+            cell_masks=[],
+            cell_valid=[],
+        )
+
+    def to(self, device: torch.device | str) -> Supervision:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif isinstance(value, list):
+                value = [t.to(device) for t in value]
+            moved[f.name] = value
+        return Supervision(**moved)
+
+
+# Keys of the processor's outputs that the Hugging Face forward takes.
+MODEL_INPUT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "pixel_values",
+    "image_grid_thw",
+)
+
+
+@dataclass
+class SwimBatch:
+    """A collated batch.
+
+    Attributes:
+        input_ids: ``(B, L)`` long, right-padded with the tokenizer's pad id.
+        attention_mask: ``(B, L)`` long, 1 on real tokens.
+        labels: ``(B, L)`` long, -100 everywhere except assistant answer tokens and their
+            end-of-turn token, on every assistant turn.
+        mm_token_type_ids: ``(B, L)`` long, the processor's modality ids (0 text, 1 image, 2 video).
+        pixel_values_videos: ``(P_v, 3*2*14*14)`` video patches of all videos, or ``None``.
+        video_grid_thw: ``(V, 3)`` long patch grid of each video (``T, 2h, 2w``), or ``None``.
+        second_per_grid_ts: ``(V,)`` float seconds per temporal cell, or ``None``.
+        pixel_values: ``(P_i, 3*2*14*14)`` image patches, or ``None``.
+        image_grid_thw: ``(I, 3)`` long patch grid of each image, or ``None``.
+        supervision: the attention supervision (rows may be empty).
+        sample_ids: ``B`` record ids, for logs and error messages.
+        counters: events counted while building this batch, e.g. ``{"skip/corrupt_video": 1,
+            "tag_dropped/no_instance": 2}``; the module sums them over training and logs them.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    supervision: Supervision
+    mm_token_type_ids: Tensor | None = None
+    pixel_values_videos: Tensor | None = None
+    video_grid_thw: Tensor | None = None
+    second_per_grid_ts: Tensor | None = None
+    pixel_values: Tensor | None = None
+    image_grid_thw: Tensor | None = None
+    sample_ids: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """The keyword arguments of ``Qwen2_5_VLForConditionalGeneration.forward`` (no labels)."""
+        inputs = {key: getattr(self, key) for key in MODEL_INPUT_KEYS}
+        return {key: value for key, value in inputs.items() if value is not None}
+
+    def to(self, device: torch.device | str) -> SwimBatch:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (Tensor, Supervision)):
+                value = value.to(device)
+            moved[f.name] = value
+        return SwimBatch(**moved)
