@@ -17,10 +17,18 @@ Format = Literal["nl_refer", "llava_video", "bench_q", "bench_d"]
 
 @dataclass(frozen=True)
 class Turn:
-    """One conversation turn. ``text`` keeps its ``<ins>`` tags; ``<video>``/``<image>`` are removed."""
+    """One conversation turn.
+
+    Attributes:
+        role: ``user`` or ``assistant``.
+        text: the turn's text with its ``<ins>`` tags kept and ``<video>``/``<image>`` removed.
+        visual_offset: character offset in ``text`` where the placeholder stood (the visual input
+            goes there), or ``None`` if this turn had none.
+    """
 
     role: Role
     text: str
+    visual_offset: int | None = None
 
 
 @dataclass
@@ -80,6 +88,18 @@ class Rejection:
 
 class RecordError(ValueError):
     """A bad record in strict mode; the message names file, record index and field."""
+
+    def __init__(self, rejection: Rejection):
+        super().__init__(str(rejection))
+        self.rejection = rejection
+
+
+class SampleError(RuntimeError):
+    """A record that parsed but cannot become a sample (unreadable video, bad RLE, ...).
+
+    Raised while loading a sample; in training it is counted by ``rejection.reason`` and the sample
+    skipped, with ``data.strict=true`` it propagates.
+    """
 
     def __init__(self, rejection: Rejection):
         super().__init__(str(rejection))
