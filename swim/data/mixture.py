@@ -1,0 +1,285 @@
+"""A mixture of annotation sources: a random-access sequence of validated :class:`Record`.
+
+Each source is one annotation file (JSON array or JSON Lines) with its own format, video root,
+sampling rule and attention-supervision switch. Files are validated once into a memory-mapped
+Arrow cache (:mod:`swim.data.cache`); the :class:`Mixture` only holds, per source, the cache folder
+and the selected rows, so it pickles into dataloader workers in a few kilobytes.
+
+Sampling rules pick among the records of the file, before validation, so the report reads
+"in file -> sampled -> kept + rejected":
+
+- ``all``: every record;
+- ``first:N`` / ``end:N``: the first / last N records;
+- ``random:N``: N records drawn without replacement, kept in file order, deterministic given the
+  seed and the source name (different seeds give different draws);
+- N may be a percentage of the file, ``random:30%`` (rounded half up); N beyond the file means all.
+
+``weight`` is the source's relative draw weight per record for a weighted sampler
+(:meth:`Mixture.sample_weights`); the default sequential or shuffled sampler ignores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zlib
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swim.data.cache import RecordStore, build_source_cache, read_status
+from swim.data.records import FORMATS
+from swim.data.schema import Record, RecordError, Rejection
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PER_REASON = 3
+_RULE = re.compile(r"^(all)$|^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
+
+
+@dataclass
+class SourceConfig:
+    """One source of a mixture (a mapping under ``data.<split>.sources`` in the config).
+
+    Attributes:
+        name: unique name within the mixture, used in reports and ``Record.source``.
+        path: the annotation file (``.json`` array or ``.jsonl``).
+        format: ``auto`` (detected per record) or one of ``nl_refer``, ``llava_video``,
+            ``bench_q``, ``bench_d``.
+        video_root: folder that relative media paths are resolved against; default the file's folder.
+        sampling: ``all``, ``first:N``, ``end:N`` or ``random:N``; N may be a percentage.
+        supervise: attention supervision for this source's records (False: text loss only).
+        weight: relative per-record draw weight for a weighted sampler.
+    """
+
+    name: str
+    path: str
+    format: str = "auto"
+    video_root: str | None = None
+    sampling: str = "all"
+    supervise: bool = True
+    weight: float = 1.0
+
+    @classmethod
+    def from_any(cls, value: SourceConfig | dict[str, Any]) -> SourceConfig:
+        """A config from a dataclass or a mapping (e.g. an OmegaConf node turned into a dict)."""
+        if isinstance(value, SourceConfig):
+            return value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"source {value.get('name', '?')!r}: unknown keys {unknown}; expected {sorted(known)}"
+            )
+        return cls(
+            **{
+                key: (str(v) if key in ("path", "video_root") and v is not None else v)
+                for key, v in value.items()
+            }
+        )
+
+    def validate(self) -> None:
+        if self.format != "auto" and self.format not in FORMATS:
+            raise ValueError(
+                f"source {self.name!r}: format={self.format!r}; expected 'auto' or one of {FORMATS}"
+            )
+        parse_sampling(self.sampling, 1, seed=0, name=self.name)
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ValueError(f"source {self.name!r}: weight={self.weight!r}; expected a finite number >= 0")
+
+
+def parse_sampling(rule: str, n: int, *, seed: int, name: str) -> np.ndarray:
+    """The positions (``0 <= p < n``, ascending) that sampling ``rule`` picks among ``n`` records.
+
+    Returns:
+        ``(K,)`` int64 positions.
+    """
+    match = _RULE.match(rule.strip()) if isinstance(rule, str) else None
+    if match is None:
+        raise ValueError(
+            f"source {name!r}: sampling={rule!r}; expected all, first:N, end:N or random:N (N or N%)"
+        )
+    if match.group(1):
+        return np.arange(n, dtype=np.int64)
+    kind, number, percent = match.group(2), float(match.group(3)), bool(match.group(4))
+    if percent and number > 100:
+        raise ValueError(f"source {name!r}: sampling={rule!r}; a percentage must be at most 100%")
+    if not percent and number != int(number):
+        raise ValueError(f"source {name!r}: sampling={rule!r}; a count must be a whole number")
+    count = min(n, math.floor(n * number / 100 + 0.5) if percent else int(number))
+    if kind == "first":
+        return np.arange(count, dtype=np.int64)
+    if kind == "end":
+        return np.arange(n - count, n, dtype=np.int64)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(n, size=count, replace=False)).astype(np.int64)
+
+
+@dataclass
+class SourceReport:
+    """What one source gave: records in the file, sampled, kept, and rejected by reason.
+
+    ``examples`` holds, per reason, the first few rejections as ``str(Rejection)`` lines.
+    """
+
+    name: str
+    path: str
+    cache: str
+    in_file: int
+    sampled: int
+    kept: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Source:
+    config: SourceConfig
+    store: RecordStore
+    rows: range | np.ndarray  # (K,) rows of records.arrow in file order; a range when contiguous
+
+
+class Mixture(Sequence[Record]):
+    """The records of several sources, concatenated in config order.
+
+    Holds no records: ``mixture[i]`` reads row ``i`` from the source's memory-mapped cache.
+    """
+
+    def __init__(self, sources: list[_Source], reports: list[SourceReport]):
+        self._sources = sources
+        self._reports = reports
+        self._ends = np.cumsum([len(s.rows) for s in sources]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i: int) -> Record:  # type: ignore[override]
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Mixture indices must be integers, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a mixture of {n} records")
+        i = int(i) % n
+        k = bisect_right(self._ends, i)
+        source = self._sources[k]
+        row = int(source.rows[i - (self._ends[k - 1] if k else 0)])
+        return source.store.get(row, source=source.config.name, supervise=source.config.supervise)
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.config.name for s in self._sources]
+
+    def source_ranges(self) -> dict[str, range]:
+        """The mixture indices of each source's records, by source name."""
+        starts = [0, *self._ends[:-1]]
+        return {s.config.name: range(a, b) for s, a, b in zip(self._sources, starts, self._ends, strict=True)}
+
+    def source_of(self, i: int) -> str:
+        """The name of the source that mixture index ``i`` belongs to."""
+        return self._sources[bisect_right(self._ends, int(i) % len(self))].config.name
+
+    def sample_weights(self) -> np.ndarray:
+        """``(len,)`` float64: each record's source weight, for a ``WeightedRandomSampler``."""
+        return np.concatenate(
+            [np.full(len(s.rows), s.config.weight, dtype=np.float64) for s in self._sources]
+        )
+
+    def report(self) -> list[SourceReport]:
+        """Per source: records in the file, sampled, kept, rejected by reason, first examples."""
+        return list(self._reports)
+
+
+def build_mixture(
+    sources: Sequence[SourceConfig | dict[str, Any]],
+    *,
+    seed: int,
+    cache_dir: str | Path,
+    strict: bool,
+    check_files: bool = True,
+) -> Mixture:
+    """Validate (or read from the cache) every source, apply its sampling rule, and mix.
+
+    Args:
+        sources: the source configs, in order.
+        seed: seed of the ``random:`` sampling rules.
+        cache_dir: root of the records cache (``<cache_dir>/records/<key>``).
+        strict: raise :class:`RecordError` for the first rejected record among the sampled ones
+            instead of counting it.
+        check_files: stat media paths during validation (part of the cache key).
+
+    Raises:
+        ValueError: a bad source config (duplicate name, unknown format or sampling rule).
+        FileNotFoundError: a source file that does not exist.
+        RecordError: in strict mode, naming file, record index, field and reason.
+    """
+    configs = [SourceConfig.from_any(s) for s in sources]
+    names = [c.name for c in configs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"mixture sources must have unique names; repeated: {duplicates}")
+    built, reports = [], []
+    for config in configs:
+        config.validate()
+        path = Path(config.path).absolute()
+        video_root = Path(config.video_root) if config.video_root is not None else path.parent
+        folder = build_source_cache(
+            path, fmt=config.format, video_root=video_root, cache_dir=cache_dir, check_files=check_files
+        )
+        status = read_status(folder)
+        picked = parse_sampling(config.sampling, status.num_rows, seed=seed, name=config.name)
+        rows = status.column("row").to_numpy()[picked]
+        rejected = picked[rows < 0]
+        if strict and len(rejected):
+            raise RecordError(_rejection(status, int(rejected[0]), str(path)))
+        reports.append(_report(config, folder, status, picked, rejected, str(path)))
+        built.append(_Source(config, RecordStore(folder, str(path)), _compact(rows[rows >= 0])))
+        log.info("source %s: %s", config.name, _summary(reports[-1]))
+    return Mixture(built, reports)
+
+
+def _compact(rows: np.ndarray) -> range | np.ndarray:
+    """``(K,)`` rows as a ``range`` when consecutive (``all``, ``first``, ``end``), else int32."""
+    if len(rows) == 0 or rows[-1] - rows[0] == len(rows) - 1:
+        return range(int(rows[0]), int(rows[-1]) + 1) if len(rows) else range(0)
+    return rows.astype(np.int32)
+
+
+def _rejection(status: Any, position: int, path: str) -> Rejection:
+    values = status.slice(position, 1).to_pylist()[0]
+    return Rejection(path, values["index"], values["field"], values["reason"], values["detail"])
+
+
+def _report(
+    config: SourceConfig, folder: Path, status: Any, picked: np.ndarray, rejected: np.ndarray, path: str
+) -> SourceReport:
+    report = SourceReport(
+        name=config.name,
+        path=path,
+        cache=str(folder),
+        in_file=status.num_rows,
+        sampled=len(picked),
+        kept=len(picked) - len(rejected),
+    )
+    reasons = status.column("reason").to_pylist() if len(rejected) else []
+    for position in rejected.tolist():
+        reason = reasons[position]
+        report.rejected[reason] = report.rejected.get(reason, 0) + 1
+        examples = report.examples.setdefault(reason, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append(str(_rejection(status, position, path)))
+    return report
+
+
+def _summary(report: SourceReport) -> str:
+    rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(report.rejected.items()))
+    return f"{report.in_file} in file, {report.sampled} sampled, {report.kept} kept" + (
+        f", rejected: {rejected}" if rejected else ""
+    )

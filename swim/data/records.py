@@ -1,0 +1,434 @@
+"""Parse and validate one raw annotation record (a decoded JSON object) into a :class:`Record`.
+
+The formats are those of ``docs/DATA.md``: ``nl_refer`` (NL-Refer-D and -Q), ``llava_video``
+(video or image SFT), ``bench_q`` and ``bench_d`` (VideoRefer-Bench, original ``<objectN><region>``
+and NL-Refer ``<ins>`` forms). Validation is cheap: media paths are only stat-ed and masks are
+never decoded (load-time checks live in the sample builder and the data doctor). A bad record
+becomes a :class:`Rejection` with a stable ``reason`` code from :data:`REJECTION_REASONS`, or, in
+strict mode, raises :class:`RecordError` naming file, record index and field.
+
+Conventions fixed here:
+
+- ``<video>``/``<image>`` placeholders are removed from the text together with one newline that
+  directly follows them; the character offset where they stood (in the tagged text) is kept in
+  ``Turn.visual_offset``. Either placeholder may stand for either medium (LLaVA data writes
+  ``<image>`` for videos too), but a record has at most one, and only in a user turn. A record
+  with a visual input and no placeholder gets offset 0 of its first user turn.
+- ``<ins>`` tags are checked on the placeholder-free text. Unbalanced, nested and empty tags are
+  ``bad_tags``. A tag whose phrase contains no letter or digit (``<ins>,</ins>``, ``<ins>--</ins>``)
+  is ``tag_without_word``: the phrase names no word, so no token of it can be supervised.
+- Bench records get turns usable for teacher forcing: ``bench_q`` asks the question followed by
+  its options (one per line) and answers with ``Answer``; ``bench_d`` asks the record's own
+  question if it has one, else :data:`BENCH_D_PROMPT` naming the object, and answers with
+  ``caption``. All other top-level fields of any format go to ``Record.extra`` unchanged.
+- ``Record.annotation`` keys are the frame indices as ints; segmentations are kept as in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+from swim.data.schema import Format, Record, RecordError, Rejection, Turn
+from swim.data.tags import TagError, strip_tags
+
+FORMATS: tuple[str, ...] = get_args(Format)
+TRAINING_FORMATS = ("nl_refer", "llava_video")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+_PLACEHOLDER = re.compile(r"<video>\n?|<image>\n?")
+_WORD = re.compile(r"\w")
+_SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]", re.IGNORECASE)
+
+# The reference description prompt of VideoRefer-Bench-D; ``{object}`` is the object's reference:
+# its ``<ins>``-tagged name in the NL-Refer form, VideoRefer's ``<object0><region>`` otherwise.
+BENCH_D_PROMPT = "Please give a detailed description of the {object} in the video."
+# Top-level fields that may name the object in words in NL-Refer bench records, in order of preference;
+# the name is wrapped in <ins> tags unless it already carries them.
+OBJECT_FIELDS = ("object", "expression", "ref", "referring_expression", "name")
+
+REJECTION_REASONS: dict[str, str] = {
+    "bad_json": "the line or record is not valid JSON",
+    "invalid_utf8": "a string holds bytes that are not valid UTF-8",
+    "not_an_object": "the record is not a JSON object",
+    "unknown_format": "no DATA.md format matches the record's fields",
+    "missing_field": "a field the format requires is absent",
+    "wrong_type": "a field has the wrong JSON type",
+    "empty_conversation": "`conversations` is an empty list",
+    "bad_role": "a turn's `from` is not human/user/gpt/assistant",
+    "not_alternating": "turns do not alternate user, assistant, ... starting with the user",
+    "no_assistant_turn": "a training record without any assistant turn",
+    "bad_placeholder": "a <video>/<image> placeholder repeated or outside a user turn",
+    "bad_tags": "unbalanced, nested or empty <ins> tags",
+    "tag_without_word": "an <ins> tag around text with no letter or digit",
+    "missing_video": "the video file or frame folder does not exist",
+    "missing_image": "the image file does not exist",
+    "bad_annotation": "`annotation` is not a list of {frame: {segmentation}} mappings",
+    "bad_frame_key": "an annotation frame key is not a non-negative integer",
+    "bad_rle": "an RLE segmentation without valid size [h, w] and counts",
+    "bad_polygon": "a polygon segmentation that is not lists of >= 6 numbers of even length",
+    "bad_frame_idx": "`frame_idx` is not a non-negative integer",
+}
+
+
+class _Reject(Exception):
+    """Internal: a validation failure at ``field`` with a reason code."""
+
+    def __init__(self, field: str, reason: str, detail: str):
+        super().__init__(detail)
+        self.field, self.reason, self.detail = field, reason, detail
+
+
+def detect_format(raw: Any) -> Format | None:
+    """The DATA.md format a raw record has, from its fields, or ``None`` if none matches.
+
+    ``conversations`` with ``annotation`` is ``nl_refer``, without it ``llava_video``; a question
+    with options is ``bench_q``; a ``caption`` is ``bench_d``.
+    """
+    if not isinstance(raw, dict):
+        return None
+    if "conversations" in raw:
+        return "nl_refer" if "annotation" in raw else "llava_video"
+    if ("Question" in raw or "question" in raw) and "options" in raw:
+        return "bench_q"
+    if "caption" in raw:
+        return "bench_d"
+    return None
+
+
+def parse_record(
+    raw: Any,
+    *,
+    file: str,
+    index: int,
+    video_root: str | Path,
+    format: str = "auto",
+    source: str = "",
+    supervise: bool = True,
+    check_files: bool = True,
+    strict: bool = False,
+) -> Record | Rejection:
+    """Validate one raw record.
+
+    Args:
+        raw: the decoded JSON value of the record.
+        file: the annotation file it came from (for messages and ``Record.file``).
+        index: its index in that file.
+        video_root: folder that relative ``video``/``image`` paths are resolved against.
+        format: one of :data:`FORMATS`, or ``auto`` to use :func:`detect_format`.
+        source: the mixture source name, copied to ``Record.source``.
+        supervise: the source's attention-supervision switch, copied to ``Record.supervise``.
+        check_files: stat the video/image path (``False`` skips the file-system check).
+        strict: raise :class:`RecordError` instead of returning a :class:`Rejection`.
+    """
+    try:
+        return _parse(raw, file, index, Path(video_root), format, source, supervise, check_files)
+    except _Reject as bad:
+        rejection = Rejection(file=file, index=index, field=bad.field, reason=bad.reason, detail=bad.detail)
+        if strict:
+            raise RecordError(rejection) from None
+        return rejection
+
+
+def _parse(
+    raw: Any,
+    file: str,
+    index: int,
+    video_root: Path,
+    format: str,
+    source: str,
+    supervise: bool,
+    check_files: bool,
+) -> Record:
+    if not isinstance(raw, dict):
+        raise _Reject("<record>", "not_an_object", f"expected a JSON object, got {_kind(raw)}")
+    if format == "auto":
+        found = detect_format(raw)
+        if found is None:
+            raise _Reject(
+                "<record>",
+                "unknown_format",
+                f"fields {sorted(raw)[:8]} match no format; expected `conversations` (nl_refer, "
+                "llava_video), `Question`+`options` (bench_q) or `caption` (bench_d)",
+            )
+        fmt: str = found
+    elif format in FORMATS:
+        fmt = format
+    else:
+        raise ValueError(f"format={format!r}: expected 'auto' or one of {FORMATS}")
+    if _SURROGATE_ESCAPE.search(json.dumps(raw)):
+        _check_utf8(raw, "")
+
+    video = _media(raw, "video", video_root, check_files, "missing_video")
+    image = _media(raw, "image", video_root, check_files, "missing_image")
+    if video is None and image is None:
+        raise _Reject(
+            "video", "missing_field", "expected a `video` (file or frame folder) or an `image` path"
+        )
+    if video is not None and image is not None:
+        raise _Reject("image", "wrong_type", "expected either `video` or `image`, the record has both")
+
+    if fmt in TRAINING_FORMATS:
+        turns = _conversation(raw)
+        known = {"conversations", "annotation", "video", "image", "id"}
+        extra = {}
+    elif fmt == "bench_q":
+        turns, extra = _bench_q(raw)
+        known = {"Question", "question", "options", "Answer", "answer", "annotation", "video", "image", "id"}
+    else:
+        turns, extra = _bench_d(raw)
+        known = {"caption", "Question", "question", "annotation", "video", "image", "id"}
+    if "frame_idx" in raw:
+        extra["frame_idx"] = _frame_idx(raw["frame_idx"])
+    extra.update({key: value for key, value in raw.items() if key not in known and key not in extra})
+    turns = _place_visual(turns)
+    annotation = _annotation(raw.get("annotation", []))
+    record_id = next((raw[key] for key in ("id", "index") if raw.get(key) is not None), f"{file}:{index}")
+    return Record(
+        source=source,
+        file=file,
+        index=index,
+        id=str(record_id),
+        format=fmt,  # type: ignore[arg-type]
+        turns=turns,
+        video=video,
+        image=image,
+        annotation=annotation,
+        supervise=supervise,
+        extra=extra,
+    )
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_utf8(value: Any, field: str) -> None:
+    """Reject strings holding undecodable bytes (lone surrogates from a ``surrogateescape`` read)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = value[err.start : err.end].encode("utf-8", "surrogateescape")
+            raise _Reject(
+                field or "<record>", "invalid_utf8", f"bytes {bad!r} at character {err.start}"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_utf8(key, field or "<record>")
+            _check_utf8(item, f"{field}.{key}" if field else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_utf8(item, f"{field}[{i}]")
+
+
+def _media(raw: dict, key: str, root: Path, check: bool, missing: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Reject(key, "wrong_type", f"expected a non-empty path string, got {_kind(value)}")
+    path = Path(value) if Path(value).is_absolute() else root / value
+    if check and not (path.is_file() if key == "image" else path.exists()):
+        raise _Reject(key, missing, f"{path} does not exist (video root {root})")
+    return str(path)
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _Reject(field, "wrong_type", f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _conversation(raw: dict) -> list[Turn]:
+    _, convs = _field(raw, "conversations")
+    if not isinstance(convs, list):
+        raise _Reject("conversations", "wrong_type", f"expected a list of turns, got {_kind(convs)}")
+    if not convs:
+        raise _Reject("conversations", "empty_conversation", "expected at least a user and an assistant turn")
+    turns = []
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict):
+            raise _Reject(f"conversations[{i}]", "wrong_type", f"expected an object, got {_kind(turn)}")
+        for key in ("from", "value"):
+            if key not in turn:
+                raise _Reject(f"conversations[{i}].{key}", "missing_field", f"turn {i} has no `{key}`")
+        role = ROLES.get(_text(turn["from"], f"conversations[{i}].from").lower())
+        if role is None:
+            raise _Reject(
+                f"conversations[{i}].from", "bad_role", f"{turn['from']!r}; expected one of {list(ROLES)}"
+            )
+        turns.append(Turn(role=role, text=_text(turn["value"], f"conversations[{i}].value")))  # type: ignore[arg-type]
+    if all(turn.role == "user" for turn in turns):
+        raise _Reject(
+            "conversations", "no_assistant_turn", f"{len(turns)} user turn(s) and no answer to train on"
+        )
+    for i, turn in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if turn.role != expected:
+            raise _Reject(
+                f"conversations[{i}].from", "not_alternating", f"turn {i} is {turn.role}, expected {expected}"
+            )
+    if turns[-1].role == "user":
+        last = len(turns) - 1
+        raise _Reject(
+            f"conversations[{last}]", "not_alternating", "the last user turn has no assistant answer"
+        )
+    return turns
+
+
+def _field(raw: dict, *names: str) -> tuple[str, Any]:
+    for name in names:
+        if name in raw:
+            return name, raw[name]
+    raise _Reject(names[0], "missing_field", f"expected a `{names[0]}` field")
+
+
+def _bench_q(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
+    q_key, question = _field(raw, "Question", "question")
+    question = _text(question, q_key)
+    _, options = _field(raw, "options")
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+        raise _Reject("options", "wrong_type", f"expected a non-empty list of strings, got {_kind(options)}")
+    a_key, answer = _field(raw, "Answer", "answer")
+    answer = _text(answer, a_key)
+    prompt = "\n".join([question, *options])
+    turns = [Turn("user", prompt), Turn("assistant", answer)]
+    return turns, {"question": question, "options": list(options), "answer": answer}
+
+
+def _bench_d(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
+    caption = _text(_field(raw, "caption")[1], "caption")
+    extra: dict[str, Any] = {"caption": caption}
+    if "Question" in raw or "question" in raw:
+        key, question = _field(raw, "Question", "question")
+        question = _text(question, key)
+    else:
+        name = next((key for key in OBJECT_FIELDS if key in raw), None)
+        reference = "<object0><region>" if name is None else _text(raw[name], name)
+        if name is not None and "<ins>" not in reference:
+            reference = f"<ins>{reference}</ins>"
+        question = BENCH_D_PROMPT.format(object=reference)
+    extra["question"] = question
+    return [Turn("user", question), Turn("assistant", caption)], extra
+
+
+def _frame_idx(value: Any) -> int:
+    number = _int_like(value)
+    if number is None or number < 0:
+        raise _Reject("frame_idx", "bad_frame_idx", f"{value!r}; expected a non-negative integer")
+    return number
+
+
+def _int_like(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        return int(value)
+    return None
+
+
+def _place_visual(turns: list[Turn]) -> list[Turn]:
+    """Remove placeholders, keep their offset, check tags; offset 0 of the first user turn by default."""
+    placed: list[Turn] = []
+    seen: str | None = None
+    for i, turn in enumerate(turns):
+        field = f"conversations[{i}].value"
+        matches = list(_PLACEHOLDER.finditer(turn.text))
+        offset = None
+        if matches:
+            if turn.role != "user":
+                raise _Reject(field, "bad_placeholder", f"{matches[0].group().strip()} in an assistant turn")
+            if seen is not None or len(matches) > 1:
+                raise _Reject(
+                    field, "bad_placeholder", f"a second visual placeholder (first in {seen or field})"
+                )
+            seen, offset = field, matches[0].start()
+        text = _PLACEHOLDER.sub("", turn.text)
+        _check_tags(text, field)
+        placed.append(Turn(turn.role, text, offset))
+    if seen is None:
+        placed[0] = Turn(placed[0].role, placed[0].text, 0)
+    return placed
+
+
+def _check_tags(text: str, field: str) -> None:
+    try:
+        _, spans = strip_tags(text)
+    except TagError as err:
+        raise _Reject(field, "bad_tags", str(err)) from None
+    for span in spans:
+        if not _WORD.search(span.phrase):
+            raise _Reject(
+                field, "tag_without_word", f"<ins>{span.phrase}</ins> tags no word (letter or digit)"
+            )
+
+
+def _annotation(value: Any) -> list[dict[int, Any]]:
+    if not isinstance(value, list):
+        raise _Reject("annotation", "bad_annotation", f"expected a list of instances, got {_kind(value)}")
+    instances = []
+    for i, instance in enumerate(value):
+        if not isinstance(instance, dict):
+            raise _Reject(
+                f"annotation[{i}]", "bad_annotation", f"expected {{frame: ...}}, got {_kind(instance)}"
+            )
+        frames: dict[int, Any] = {}
+        for key, entry in instance.items():
+            field = f'annotation[{i}]["{key}"]'
+            frame = _int_like(key)
+            if frame is None or frame < 0 or key != key.strip():
+                raise _Reject(field, "bad_frame_key", f"frame key {key!r}; expected a non-negative integer")
+            if not isinstance(entry, dict) or "segmentation" not in entry:
+                raise _Reject(
+                    field, "bad_annotation", f'expected {{"segmentation": ...}}, got {_kind(entry)}'
+                )
+            _segmentation(entry["segmentation"], f"{field}.segmentation")
+            frames[frame] = entry["segmentation"]
+        instances.append(frames)
+    return instances
+
+
+def _segmentation(seg: Any, field: str) -> None:
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+            raise _Reject(f"{field}.size", "bad_rle", f"{size!r}; expected [h, w] positive integers")
+        if isinstance(counts, str):
+            if not counts:
+                raise _Reject(f"{field}.counts", "bad_rle", "empty counts string")
+        elif isinstance(counts, list):
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                raise _Reject(f"{field}.counts", "bad_rle", "expected a list of non-negative integers")
+            if sum(counts) != size[0] * size[1]:
+                raise _Reject(
+                    f"{field}.counts", "bad_rle", f"runs sum to {sum(counts)}, size is {size[0]}x{size[1]}"
+                )
+        else:
+            raise _Reject(
+                f"{field}.counts", "bad_rle", f"expected a string or a list of ints, got {_kind(counts)}"
+            )
+    elif isinstance(seg, list):
+        if not seg:
+            raise _Reject(field, "bad_polygon", "expected at least one polygon")
+        for j, poly in enumerate(seg):
+            ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+            if not ok or not all(_finite(v) for v in poly):
+                raise _Reject(
+                    f"{field}[{j}]", "bad_polygon", "expected an even number (>= 6) of finite coordinates"
+                )
+    else:
+        raise _Reject(field, "bad_annotation", f"expected an RLE object or a polygon list, got {_kind(seg)}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
