@@ -15,6 +15,7 @@ Visual tokens of a sample are laid out temporal-cell-major, then row-major, in o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -78,16 +79,23 @@ class Supervision:
             cell_valid=[],
         )
 
-    def to(self, device: torch.device | str) -> Supervision:
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> Supervision:
+        """A copy with ``fn`` applied to every tensor (lists of tensors included)."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
-                value = value.to(device)
+                value = fn(value)
             elif isinstance(value, list):
-                value = [t.to(device) for t in value]
+                value = [fn(t) for t in value]
             moved[f.name] = value
         return Supervision(**moved)
+
+    def to(self, device: torch.device | str) -> Supervision:
+        return self.apply(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Supervision:
+        return self.apply(Tensor.pin_memory)
 
 
 # Keys of the processor's outputs that the Hugging Face forward takes.
@@ -146,11 +154,21 @@ class SwimBatch:
         inputs = {key: getattr(self, key) for key in MODEL_INPUT_KEYS}
         return {key: value for key, value in inputs.items() if value is not None}
 
-    def to(self, device: torch.device | str) -> SwimBatch:
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> SwimBatch:
+        """A copy with ``fn`` applied to every tensor, the supervision's included."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (Tensor, Supervision)):
-                value = value.to(device)
+            if isinstance(value, Tensor):
+                value = fn(value)
+            elif isinstance(value, Supervision):
+                value = value.apply(fn)
             moved[f.name] = value
         return SwimBatch(**moved)
+
+    def to(self, device: torch.device | str) -> SwimBatch:
+        return self.apply(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> SwimBatch:
+        """Called by the DataLoader's pin-memory thread (``pin_memory=True`` on a CUDA machine)."""
+        return self.apply(Tensor.pin_memory)

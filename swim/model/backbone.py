@@ -78,7 +78,11 @@ def tiny_qwen2_5_vl_config(tiny: TinyConfig) -> Qwen2_5_VLConfig:
             num_attention_heads=tiny.num_heads,
             num_key_value_heads=tiny.num_kv_heads,
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(tiny.mrope_section)},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": list(tiny.mrope_section),
+            },
         ),
         vision_config=dict(
             depth=tiny.vision_depth,
@@ -99,7 +103,9 @@ def build_processor(tokenizer_path: str | Path | None = None) -> Qwen2_5_VLProce
     tokenizer = load_qwen_tokenizer(tokenizer_path)
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(do_resize=False),
-        video_processor=Qwen2VLVideoProcessor(do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False),
+        video_processor=Qwen2VLVideoProcessor(
+            do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False
+        ),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )

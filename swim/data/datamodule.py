@@ -1,0 +1,242 @@
+"""The LightningDataModule: mixtures -> datasets -> dataloaders of :class:`SwimBatch`.
+
+The training loader shuffles with an epoch-seeded permutation (:class:`EpochShuffleSampler`) and
+remembers how many batches it has handed out in the current epoch (:class:`ResumableDataLoader`).
+Lightning 2.6 saves the state of any train dataloader that has ``state_dict``/``load_state_dict``
+in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and restores it before the
+resumed epoch starts, so ``ckpt_path=...`` continues mid-epoch with the next unseen batch. The
+sampler subclasses ``DistributedSampler``, so Lightning keeps it under DDP instead of wrapping it;
+each rank draws its share of the same permutation.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator, Mapping, Sized
+from dataclasses import dataclass, fields
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+
+from swim.data.collate import collate
+from swim.data.dataset import SwimDataset
+from swim.data.mixture import Mixture, build_mixture
+from swim.data.sample import DataConfig, SampleBuilder
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "bench")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("bench",), "predict": ("bench",)}
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """A seed-stable shuffle (permutation seeded by ``seed + epoch``) that can start mid-epoch.
+
+    ``start`` skips the first indices of this rank's share on the next iteration only (a resumed
+    epoch); ``len`` stays the full share so Lightning's batch counting is unchanged.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        *,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ):
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose ``state_dict`` is (epoch, batches handed out this epoch).
+
+    Works with any number of workers: batches are counted in the main process as they are yielded
+    (Lightning fetches sized loaders without look-ahead). Its sampler must be an
+    :class:`EpochShuffleSampler`.
+    """
+
+    _epoch = 0
+    _batches = 0
+    _resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        sampler = self.sampler
+        if not isinstance(sampler, EpochShuffleSampler):
+            yield from super().__iter__()
+            return
+        self._epoch, self._batches = sampler.epoch, 0
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == sampler.epoch:
+            self._batches = resume["batches"]
+            sampler.start = self._batches * int(self.batch_size or 1)
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
+        """Resume at batch ``batches`` of epoch ``epoch`` on the next iteration over that epoch."""
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        if isinstance(self.sampler, EpochShuffleSampler):
+            self.sampler.set_epoch(self._resume["epoch"])
+
+
+@dataclass
+class LoaderConfig:
+    """Dataloader knobs (top-level keys of ``conf/data/*.yaml`` next to :class:`DataConfig`'s).
+
+    Attributes:
+        batch_size: samples per batch and device.
+        val_batch_size: batch size of the val and bench loaders (``None``: ``batch_size``).
+        num_workers: dataloader worker processes.
+        pin_memory: pin host memory of batches.
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        seed: seed of the mixtures' ``random:`` sampling rules and of the training shuffle.
+        cache_dir: root of the records cache (``<cache_dir>/records/...``).
+        demo_dir: folder of the synthetic demo that source paths interpolate; ``train.py`` generates
+            it there first (``swim.data.demo.ensure_demo``). Not used by the datamodule itself.
+        root: base folder that source paths may interpolate (informational).
+    """
+
+    batch_size: int = 1
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    seed: int = 0
+    cache_dir: str = ".cache"
+    demo_dir: str | None = None
+    root: str | None = None
+
+
+class SwimDataModule(pl.LightningDataModule):
+    """Train / val / bench loaders of SWIM batches.
+
+    Args:
+        cfg: the ``data`` config: ``train``, ``val``, ``bench`` (each ``{sources: [...]}`` with
+            ``swim.data.mixture.SourceConfig`` fields), :class:`DataConfig` knobs and
+            :class:`LoaderConfig` knobs, all top-level.
+        processor: the backbone's ``Qwen2_5_VLProcessor``.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any] | DictConfig, processor: Any):
+        super().__init__()
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        assert isinstance(values, dict)
+        known = {f.name for f in fields(DataConfig)} | {f.name for f in fields(LoaderConfig)} | set(SPLITS)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            log.warning("data config: ignoring unknown keys %s", unknown)
+        self.sources = {split: list((values.get(split) or {}).get("sources") or []) for split in SPLITS}
+        self.data_cfg = DataConfig.from_mapping(values)
+        self.loader_cfg = LoaderConfig(
+            **{k: v for k, v in values.items() if k in {f.name for f in fields(LoaderConfig)}}
+        )
+        self.processor = processor
+        self.builder = SampleBuilder(processor, self.data_cfg)
+        pad_id = processor.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError("the processor's tokenizer has no pad token id")
+        self.collate_fn = functools.partial(collate, pad_id=int(pad_id))
+        self.mixtures: dict[str, Mixture] = {}
+        self.datasets: dict[str, SwimDataset] = {}
+        self.report: dict[str, list[dict[str, Any]]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the mixtures the stage needs (all configured splits for ``stage=None``), once each."""
+        for split in STAGE_SPLITS.get(stage or "", SPLITS):
+            self._ensure(split)
+
+    def _ensure(self, split: str) -> SwimDataset | None:
+        if split in self.datasets:
+            return self.datasets[split]
+        if not self.sources[split]:
+            return None
+        mixture = build_mixture(
+            self.sources[split],
+            seed=self.loader_cfg.seed,
+            cache_dir=self.loader_cfg.cache_dir,
+            strict=self.data_cfg.strict,
+        )
+        self.mixtures[split] = mixture
+        self.report[split] = [r.to_dict() for r in mixture.report()]
+        for r in mixture.report():
+            rejected = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected.items())) or "none"
+            log.info(
+                "data.%s source %s: %d in file, %d sampled, %d kept, rejected: %s",
+                split,
+                r.name,
+                r.in_file,
+                r.sampled,
+                r.kept,
+                rejected,
+            )
+        if len(mixture) == 0:
+            raise ValueError(
+                f"data.{split}: the mixture has no valid record (see the per-source report above)"
+            )
+        self.datasets[split] = SwimDataset(mixture, self.builder, strict=self.data_cfg.strict)
+        return self.datasets[split]
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        cfg = self.loader_cfg
+        return {
+            "num_workers": cfg.num_workers,
+            "pin_memory": cfg.pin_memory,
+            "persistent_workers": cfg.persistent_workers and cfg.num_workers > 0,
+            "collate_fn": self.collate_fn,
+        }
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        dataset = self._require("train")
+        trainer = self.trainer
+        sampler = EpochShuffleSampler(
+            dataset,
+            seed=self.loader_cfg.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        return ResumableDataLoader(
+            dataset, batch_size=self.loader_cfg.batch_size, sampler=sampler, **self._loader_kwargs()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def bench_dataloader(self) -> DataLoader:
+        """Teacher-forced batches of the bench split (``test_dataloader`` too)."""
+        return self._eval_loader("bench")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("bench")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._require(split)
+        batch_size = self.loader_cfg.val_batch_size or self.loader_cfg.batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **self._loader_kwargs())
+
+    def _require(self, split: str) -> SwimDataset:
+        dataset = self._ensure(split)
+        if dataset is None:
+            raise ValueError(f"data.{split}.sources is empty: no {split} loader")
+        return dataset
