@@ -1,0 +1,291 @@
+"""What ``evaluate.py`` runs: one function per ``task``, all writing into the Hydra run dir.
+
+Layout of a run dir::
+
+    bench_q/<source>.jsonl                 one row per question (reply, parsed letter, key)
+    bench_d/<source>.predictions.jsonl     one row per generated description
+    bench_d/<source>.judgements.jsonl      one row per judged description
+    grounding/<source>.jsonl               one row per sample (metric means per layer and fused)
+    heatmaps/*.png                         task=visualize
+    prediction.json (+ input.heatmaps)     task=predict
+    metrics.json, results.md               flat metrics and the Markdown tables
+
+Rerunning with ``hydra.run.dir=<that dir>`` resumes: finished ids are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from swim.data.mixture import build_mixture
+from swim.data.sample import DataConfig, SampleBuilder
+from swim.data.schema import Record
+from swim.eval import bench_d, bench_q, grounding_eval
+from swim.eval.bench import GenerationConfig, GenerationStats, generate_records
+from swim.eval.judge import Judge, JudgeConfig
+from swim.eval.loading import LoadedModel, backbone_config, load_model
+from swim.eval.results import JsonlLog, Table, log_to_wandb, write_report
+from swim.eval.visualize import draw_samples, phrase_maps_of, predict, select_records
+from swim.model.backbone import BackboneConfig
+from swim.model.probe import AttentionProbe
+
+log = logging.getLogger(__name__)
+TASKS = ("bench_q", "bench_d", "grounding", "visualize", "predict")
+
+
+@dataclasses.dataclass
+class Report:
+    """A task's outcome: flat metrics, tables, and files worth pointing at."""
+
+    metrics: dict[str, Any]
+    tables: list[Table]
+    files: list[Path]
+
+
+def data_config(cfg: DictConfig, **overrides: Any) -> DataConfig:
+    """The sample-building knobs of ``cfg.data`` (only those; other keys are not resolved)."""
+    values = {f.name: cfg.data[f.name] for f in dataclasses.fields(DataConfig) if f.name in cfg.data}
+    values["query"] = cfg.attention.query
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def _sources(cfg: DictConfig) -> list[tuple[str, list[Record], dict[str, Any]]]:
+    """Per configured source: its name, its records (first ``limit``) and its load counts."""
+    out = []
+    for source in OmegaConf.to_container(cfg.task.sources, resolve=True):
+        mixture = build_mixture([source], seed=cfg.seed, cache_dir=cfg.paths.cache_dir, strict=cfg.strict)
+        size = len(mixture) if cfg.limit is None else min(len(mixture), int(cfg.limit))
+        report = mixture.report()[0]
+        rejected = sum(report.rejected.values())
+        if rejected:
+            log.warning(
+                "source %s: %d records rejected %s: %s",
+                report.name,
+                rejected,
+                report.rejected,
+                report.examples,
+            )
+        counts = {f"{report.name}/rejected": rejected}
+        out.append((report.name, [mixture[i] for i in range(size)], counts))
+    return out
+
+
+def _ensure_demo(cfg: DictConfig) -> None:
+    """Generate the demo bench if enabled and some source lives under ``demo.dir``."""
+    if not cfg.demo.ensure:
+        return
+    root = Path(cfg.demo.dir).absolute()
+    paths = [
+        Path(source["path"]).absolute() for source in OmegaConf.to_container(cfg.task.sources, resolve=True)
+    ]
+    if any(root in path.parents for path in paths):
+        from swim.data.demo import ensure_demo
+
+        ensure_demo(root, seed=cfg.demo.seed)
+
+
+def _backbone(cfg: DictConfig) -> BackboneConfig:
+    return backbone_config(OmegaConf.to_container(cfg.model.backbone, resolve=True))
+
+
+def _generation(cfg: DictConfig) -> GenerationConfig:
+    return GenerationConfig(
+        batch_size=cfg.generation.batch_size,
+        max_new_tokens=cfg.task.max_new_tokens,
+        region_text=cfg.generation.region_text,
+    )
+
+
+def _stats(name: str, stats: GenerationStats) -> dict[str, Any]:
+    return {
+        f"{name}/generated_now": stats.generated,
+        f"{name}/resumed": stats.resumed,
+        f"{name}/skipped_now": sum(stats.failed.values()),
+        f"{name}/generation_seconds": round(stats.seconds, 3),
+    }
+
+
+def run_bench_q(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
+    """Multiple-choice accuracy per source (one table each)."""
+    gen, data = _generation(cfg), data_config(cfg)
+    report = Report({}, [], [])
+    for name, records, counts in _sources(cfg):
+        for record in records:
+            bench_q.options_and_key(record)
+        path = run_dir / "bench_q" / f"{name}.jsonl"
+        with JsonlLog(path) as out:
+            stats = generate_records(
+                loaded,
+                records,
+                lambda r: bench_q.question_prompt(r, cfg.task.prompt, gen.region_text),
+                bench_q.answer_row,
+                out,
+                gen=gen,
+                data=data,
+                strict=cfg.strict,
+            )
+            rows = [out.rows[str(r.id)] for r in records]
+        metrics, table = bench_q.score(rows, name)
+        report.metrics.update({**metrics, **counts, **_stats(name, stats)})
+        report.tables.append(table)
+        report.files.append(path)
+    return report
+
+
+def run_bench_d(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
+    """Descriptions per source, judged; one table of the four dimensions and their average each."""
+    gen, data = _generation(cfg), data_config(cfg)
+    judge = Judge(JudgeConfig(**OmegaConf.to_container(cfg.task.judge, resolve=True)))
+    report = Report({}, [], [])
+    for name, records, counts in _sources(cfg):
+        predictions_path = run_dir / "bench_d" / f"{name}.predictions.jsonl"
+        judgements_path = run_dir / "bench_d" / f"{name}.judgements.jsonl"
+        with JsonlLog(predictions_path) as predictions:
+            stats = generate_records(
+                loaded,
+                records,
+                lambda r: bench_d.description_prompt(r, gen.region_text),
+                bench_d.description_row,
+                predictions,
+                gen=gen,
+                data=data,
+                strict=cfg.strict,
+            )
+            with JsonlLog(judgements_path) as judgements:
+                judged = bench_d.judge_descriptions(judge, predictions, judgements)
+                wanted = {str(r.id) for r in records}
+                metrics, table = bench_d.score(
+                    [row for key, row in predictions.rows.items() if key in wanted],
+                    [row for key, row in judgements.rows.items() if key in wanted],
+                    name,
+                )
+        report.metrics.update({**metrics, **counts, **_stats(name, stats)})
+        report.metrics.update(
+            {f"{name}/judge_requests_cached": judged.cached, f"{name}/judged_now": judged.judged}
+        )
+        report.tables.append(table)
+        report.files += [predictions_path, judgements_path]
+    return report
+
+
+def run_grounding(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
+    """Attention-grounding metrics per supervised layer and fused, per source."""
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    layers = list(cfg.attention.layers)
+    probe = AttentionProbe(loaded.model, layers)
+    report = Report({}, [], [])
+    try:
+        for name, records, counts in _sources(cfg):
+            path = run_dir / "grounding" / f"{name}.jsonl"
+            with JsonlLog(path) as out:
+                stats = grounding_eval.evaluate_grounding(
+                    loaded,
+                    probe,
+                    records,
+                    builder,
+                    out,
+                    batch_size=cfg.task.batch_size,
+                    fusion=cfg.attention.fusion,
+                    query=cfg.attention.query,
+                    strict=cfg.strict,
+                )
+                rows = [out.rows[str(r.id)] for r in records]
+            metrics, table = grounding_eval.score(rows, name, layers)
+            report.metrics.update({**metrics, **counts})
+            report.metrics.update(
+                {
+                    f"{name}/grounding/scored_now": stats.scored,
+                    f"{name}/grounding/resumed": stats.resumed,
+                    f"{name}/grounding/skipped_now": sum(stats.failed.values()),
+                }
+            )
+            report.tables.append(table)
+            report.files.append(path)
+    finally:
+        probe.remove()
+    return report
+
+
+def run_visualize(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
+    """Heatmap PNGs of chosen samples; with ``task.before`` set, that model's row above this one's."""
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    layers, fusion = list(cfg.attention.layers), cfg.attention.fusion
+    ids = [str(i) for i in cfg.task.ids] if cfg.task.ids else None
+    chosen = [
+        (name, select_records(records, builder, ids, cfg.task.num_samples))
+        for name, records, _ in _sources(cfg)
+    ]
+    after = [phrase_maps_of(loaded, records, builder, layers, fusion) for _, records in chosen]
+    models: list[list[tuple[str, Any]]] = [[(cfg.task.after_label, maps)] for maps in after]
+    if cfg.task.before is not None:
+        before_ckpt = None if cfg.task.before == "backbone" else cfg.task.before
+        other = load_model(before_ckpt, _backbone(cfg), device=cfg.device)
+        for entry, (_, records) in zip(models, chosen, strict=True):
+            entry.insert(0, (cfg.task.before_label, phrase_maps_of(other, records, builder, layers, fusion)))
+    files = []
+    for entry, (name, records) in zip(models, chosen, strict=True):
+        files += draw_samples(records, builder, entry, run_dir / "heatmaps", name)
+    log.info("wrote %d heatmap figures to %s", len(files), run_dir / "heatmaps")
+    return Report({"visualize/figures": len(files)}, [], files)
+
+
+def run_predict(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
+    """One answer about one video, optional heatmaps; ``prediction.json`` in the run dir."""
+    if not cfg.input.video or not cfg.input.prompt:
+        raise ValueError(
+            'task=predict needs input.video=PATH and input.prompt="..." (tags <ins>...</ins> allowed)'
+        )
+    result = predict(
+        loaded,
+        str(cfg.input.video),
+        str(cfg.input.prompt),
+        data_config(cfg),
+        max_new_tokens=cfg.task.max_new_tokens,
+        heatmaps=cfg.input.heatmaps,
+        layers=list(cfg.attention.layers),
+        fusion=cfg.attention.fusion,
+        query=cfg.attention.query,
+    )
+    path = run_dir / "prediction.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = Table(
+        "prediction", ["video", "prompt", "answer"], [[result["video"], result["prompt"], result["answer"]]]
+    )
+    return Report({"predict/answer": result["answer"]}, [table], [path, *map(Path, result["heatmaps"])])
+
+
+RUNNERS = {
+    "bench_q": run_bench_q,
+    "bench_d": run_bench_d,
+    "grounding": run_grounding,
+    "visualize": run_visualize,
+    "predict": run_predict,
+}
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> Report:
+    """Load the model, run ``cfg.task.name``, write ``metrics.json`` and ``results.md``, log to W&B."""
+    name = cfg.task.name
+    if name not in RUNNERS:
+        raise ValueError(f"task={name!r}: expected one of {TASKS}")
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    if name != "predict":
+        _ensure_demo(cfg)
+    loaded = load_model(cfg.ckpt, _backbone(cfg), device=cfg.device)
+    log.info("task %s on %s", name, loaded.source)
+    report = RUNNERS[name](cfg, loaded, run_dir)
+    report.metrics = {"task": name, "model": loaded.source, **report.metrics}
+    metrics_path, tables_path = write_report(run_dir, report.metrics, report.tables)
+    report.files += [metrics_path, tables_path]
+    if cfg.wandb.enabled:
+        log_to_wandb(report.tables, report.metrics, OmegaConf.to_container(cfg.wandb, resolve=True))
+    return report

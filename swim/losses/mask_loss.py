@@ -1,0 +1,180 @@
+"""The SWIM attention-mask loss (METHOD.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from swim.data.batch import Supervision
+from swim.losses.config import LossConfig
+from swim.losses.fusion import fuse_layers
+from swim.losses.pairs import PairGroup, pair_groups
+
+# Keeps the soft-IoU and Dice ratios finite when prediction and mask are both empty.
+RATIO_EPS = 1e-6
+
+
+@dataclass
+class AttentionLossOutput:
+    """The mask loss of a batch and what to log about it.
+
+    Attributes:
+        loss: scalar, the mean per-pair loss (0, still connected to the maps' graph, without pairs).
+        num_pairs: number of (row, valid cell) pairs.
+        fused: ``(R, K)`` the fused map of each row over its visual keys.
+        per_layer_mass_in_mask: per supervised layer, the mean share of a pair's cell attention that
+            falls inside the mask (detached scalars); empty without pairs.
+        fused_mass_in_mask: the same for the fused map; ``None`` without pairs.
+    """
+
+    loss: Tensor
+    num_pairs: int
+    fused: Tensor
+    per_layer_mass_in_mask: dict[int, Tensor] = field(default_factory=dict)
+    fused_mass_in_mask: Tensor | None = None
+
+
+def minmax_normalise(maps: Tensor) -> Tensor:
+    """Min-max normalise each map to [0, 1].
+
+    Args:
+        maps: ``(P, h, w)``.
+
+    Returns:
+        ``(P, h, w)``; a constant map becomes all zeros.
+    """
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+def pair_losses(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Per-pair loss between predictions and masks of one size.
+
+    Args:
+        pred: ``(P, H, W)`` in [0, 1].
+        target: ``(P, H, W)`` in [0, 1].
+        kind: ``bce`` (mean binary cross-entropy over pixels),
+            ``soft_iou`` (``1 - sum(pg) / (sum(p) + sum(g) - sum(pg))``) or
+            ``dice`` (``1 - 2 sum(pg) / (sum(p) + sum(g))``).
+
+    Returns:
+        ``(P,)`` fp32.
+    """
+    pred = pred.float()
+    target = target.float()
+    if kind == "bce":
+        return F.binary_cross_entropy(pred, target, reduction="none").mean(dim=(-2, -1))
+    overlap = (pred * target).sum(dim=(-2, -1))
+    total = pred.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1))
+    if kind == "soft_iou":
+        return 1.0 - overlap / (total - overlap + RATIO_EPS)
+    if kind == "dice":
+        return 1.0 - 2.0 * overlap / (total + RATIO_EPS)
+    raise ValueError(f"loss.kind={kind!r}: expected 'bce', 'soft_iou' or 'dice'")
+
+
+def mass_in_mask(cells: Tensor, masks: Tensor) -> Tensor:
+    """Share of each map's mass inside its (soft) mask.
+
+    Args:
+        cells: ``(..., P, h, w)`` non-negative maps.
+        masks: ``(P, h, w)`` in [0, 1].
+
+    Returns:
+        ``(..., P)``; 0 for a map without mass.
+    """
+    inside = (cells * masks).sum(dim=(-2, -1))
+    return inside / cells.sum(dim=(-2, -1)).clamp_min(torch.finfo(cells.dtype).tiny)
+
+
+def _group_loss(fused: Tensor, group: PairGroup, cfg: LossConfig) -> Tensor:
+    """``(P,)`` per-pair loss of one group of pairs."""
+    pred = minmax_normalise(group.gather(fused))
+    if cfg.resize == "pred_to_mask":
+        target = group.pixel_masks
+        pred = F.interpolate(pred[:, None], size=target.shape[-2:], mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+    else:
+        target = group.cell_masks
+    return pair_losses(pred, target, cfg.kind)
+
+
+def stack_layer_maps(maps: dict[int, Tensor], layers: list[int]) -> Tensor:
+    """The supervised layers' maps, head-averaged when captured per head.
+
+    Args:
+        maps: per layer ``(R, K)`` or ``(R, heads, K)``.
+        layers: the layers to stack, in order.
+
+    Returns:
+        ``(n_layers, R, K)`` fp32.
+    """
+    missing = [layer for layer in layers if layer not in maps]
+    if missing:
+        raise ValueError(f"no captured attention for supervised layers {missing} (captured: {sorted(maps)})")
+    return torch.stack(
+        [
+            maps[layer].float().mean(dim=1) if maps[layer].dim() == 3 else maps[layer].float()
+            for layer in layers
+        ]
+    )
+
+
+def attention_mask_loss(
+    maps: dict[int, Tensor], supervision: Supervision, cfg: LossConfig
+) -> AttentionLossOutput:
+    """The attention-mask loss of a batch.
+
+    For each (row, its instance, valid temporal cell ``t``): the fused map's entries of cell ``t``
+    as ``(h, w)``, min-max normalised within the cell, compared with the cell's mask at the pixel
+    resolution (``pred_to_mask``: bilinear upsampling of the prediction) or the token grid
+    (``mask_to_pred``: the area-downsampled mask), by ``cfg.kind``; the mean over all pairs.
+
+    Args:
+        maps: per supervised layer ``(R, K)`` (or ``(R, heads, K)``) probabilities of each row at its
+            sample's visual keys (:class:`swim.model.probe.AttentionProbe` output).
+        supervision: the batch's supervision (``R`` rows).
+        cfg: the loss configuration (layers, fusion, resize, kind).
+
+    Returns:
+        The loss and its diagnostics; see :class:`AttentionLossOutput`.
+    """
+    stacked = stack_layer_maps(maps, cfg.layers)
+    _, num_rows, num_keys = stacked.shape
+    if num_rows != supervision.num_rows:
+        raise ValueError(f"captured maps have {num_rows} rows but the supervision has {supervision.num_rows}")
+    sizes = supervision.grid[supervision.row_sample].prod(dim=-1)
+    if num_rows and int(sizes.max()) > num_keys:
+        raise ValueError(
+            f"captured maps have {num_keys} keys per row but a row's video has {int(sizes.max())}"
+        )
+    valid = torch.arange(num_keys, device=stacked.device)[None, :] < sizes[:, None]
+
+    with torch.autocast(device_type=stacked.device.type, enabled=False):
+        fused = fuse_layers(stacked, valid, cfg.fusion)
+        groups = pair_groups(supervision, with_pixel_masks=cfg.resize == "pred_to_mask")
+        num_pairs = sum(group.num_pairs for group in groups)
+        if num_pairs == 0:
+            return AttentionLossOutput(loss=fused.sum() * 0.0, num_pairs=0, fused=fused)
+        total = fused.new_zeros(())
+        layer_mass = fused.new_zeros(len(cfg.layers))
+        fused_mass = fused.new_zeros(())
+        for group in groups:
+            total = total + _group_loss(fused, group, cfg).sum()
+            with torch.no_grad():
+                layer_mass += mass_in_mask(group.gather(stacked), group.cell_masks).sum(dim=-1)
+                fused_mass += mass_in_mask(group.gather(fused), group.cell_masks).sum()
+    return AttentionLossOutput(
+        loss=total / num_pairs,
+        num_pairs=num_pairs,
+        fused=fused,
+        per_layer_mass_in_mask={
+            layer: (layer_mass[i] / num_pairs).detach() for i, layer in enumerate(cfg.layers)
+        },
+        fused_mass_in_mask=(fused_mass / num_pairs).detach(),
+    )

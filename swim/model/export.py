@@ -1,0 +1,174 @@
+"""Export a trained SWIM model as a stock Hugging Face Qwen2.5-VL folder.
+
+SWIM changes only training: the exported folder is a plain ``Qwen2_5_VLForConditionalGeneration``
+checkpoint (``save_pretrained``) and its ``Qwen2_5_VLProcessor``, loadable with ``from_pretrained``
+by anyone, with no ``swim`` import.
+
+The processor is saved for *stock users with raw video*: training resizes frames itself and runs
+the processor with ``do_resize=False``; the export turns resizing back on (``do_resize=True`` for
+images and videos, Qwen's per-frame bounds: 128*28*28 to 768*28*28 pixels for video) and sets
+``cap_pixels_per_frame=True`` so that a long video's total pixels are bounded as in Qwen's
+reference preprocessing (qwen-vl-utils) and in our training pipeline's total budget. Frames come
+out as multiples of 28 px, the geometry the model was trained on.
+
+Sources:
+
+- a :class:`~swim.model.module.SwimModule` in memory;
+- a Lightning checkpoint file (``.ckpt``), loaded with ``SwimModule.load_from_checkpoint`` (which
+  rebuilds the backbone from the saved hyperparameters, so a ``pretrained`` backbone's local
+  folder must still exist);
+- a DeepSpeed checkpoint directory (what Lightning's DeepSpeed strategy saves under ``*.ckpt/``):
+  its ZeRO shards are consolidated into one fp32 state dict first, with
+  ``lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict`` (needs the
+  ``deepspeed`` package; not exercised by the CPU test suite).
+
+The folder is written atomically: into a temporary sibling directory, then moved into place with
+``os.replace``; a failed export leaves no partial folder behind.
+
+CLI: ``python -m swim.model.export CKPT OUT [--overwrite]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from transformers import Qwen2_5_VLProcessor
+
+from swim.model.module import SwimModule
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "swim_export.json"
+
+
+def stock_processor(processor: Qwen2_5_VLProcessor) -> Qwen2_5_VLProcessor:
+    """A copy of the training processor that resizes raw images and videos itself (module docs)."""
+    stock = copy.deepcopy(processor)
+    stock.image_processor.do_resize = True
+    stock.video_processor.do_resize = True
+    stock.video_processor.cap_pixels_per_frame = True
+    return stock
+
+
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a DeepSpeed checkpoint dir (a ``latest`` tag file or a ``checkpoint/`` dir)."""
+    return path.is_dir() and ((path / "latest").is_file() or (path / "checkpoint").is_dir())
+
+
+def load_module(checkpoint: str | Path, work_dir: Path) -> SwimModule:
+    """A :class:`SwimModule` with the weights of a Lightning or DeepSpeed checkpoint, on the CPU.
+
+    Args:
+        checkpoint: a ``.ckpt`` file or a DeepSpeed checkpoint directory.
+        work_dir: scratch space for the consolidated state dict of a DeepSpeed checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file, or a directory that is not a DeepSpeed checkpoint.
+    """
+    path = Path(checkpoint)
+    if is_deepspeed_checkpoint(path):
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        consolidated = work_dir / "consolidated.ckpt"
+        log.info("consolidating DeepSpeed ZeRO shards of %s into %s", path, consolidated)
+        convert_zero_checkpoint_to_fp32_state_dict(path, consolidated)
+        path = consolidated
+    elif path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is a directory but not a DeepSpeed checkpoint (no 'latest' file or 'checkpoint/' dir)"
+        )
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    # The checkpoint holds config dataclasses in its hyperparameters: a trusted, self-written file.
+    module = SwimModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    return module
+
+
+def export_hf(source: SwimModule | str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a Hugging Face folder (model + processor) for a module or checkpoint.
+
+    Args:
+        source: a built :class:`SwimModule`, a ``.ckpt`` file or a DeepSpeed checkpoint directory.
+        out_dir: the folder to create.
+        overwrite: replace an existing ``out_dir``; otherwise an existing one is an error.
+
+    Returns:
+        The absolute path of the written folder.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if isinstance(source, SwimModule):
+            module = source
+            if module.model is None:
+                module.configure_model()
+            if any(hasattr(param, "ds_id") for param in module.model.parameters()):
+                raise ValueError(
+                    "the module's parameters are partitioned by DeepSpeed ZeRO-3; export its checkpoint "
+                    "directory instead (its shards are consolidated first)"
+                )
+        else:
+            module = load_module(source, staging)
+        folder = staging / "export"
+        module.model.save_pretrained(folder)
+        stock_processor(module.processor).save_pretrained(folder)
+        provenance = {
+            "source": str(source) if not isinstance(source, SwimModule) else "SwimModule",
+            "backbone": module.backbone_cfg.kind,
+            "freeze": module.freeze,
+            "loss_layers": list(module.loss_cfg.layers),
+        }
+        (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        _replace_dir(folder, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported %s", out)
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move dir ``new`` to ``target`` atomically; an existing ``target`` is swapped out, then removed."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / "previous")
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old / "previous", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m swim.model.export CKPT OUT [--overwrite]``."""
+    parser = argparse.ArgumentParser(
+        description="Export a SWIM checkpoint as a Hugging Face Qwen2.5-VL folder."
+    )
+    parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")
+    parser.add_argument("out", help="folder to write (model + processor)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
+    Console().print(f"[green]exported[/green] {args.checkpoint} -> {out}")
+
+
+if __name__ == "__main__":
+    main()

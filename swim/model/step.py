@@ -1,0 +1,93 @@
+"""The pieces of one SWIM step: the labelled-only CE, the vision-tower anchor, the step's output.
+
+See :mod:`swim.model.module` for why the anchor and the zero-weighted loss exist (DeepSpeed ZeRO-3
+collectives, and Lightning forbidding a skipped backward with several processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from swim.losses import AttentionLossOutput
+
+IGNORE_INDEX = -100
+
+
+def labelled_cross_entropy(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tuple[Tensor, int]:
+    """Next-token cross-entropy, with the LM head run only where the next token is labelled.
+
+    Args:
+        hidden: ``(B, L, D)`` final hidden states of the base model.
+        labels: ``(B, L)`` long, ``-100`` where no loss applies.
+        lm_head: ``D -> V`` projection.
+
+    Returns:
+        The mean CE over the ``M`` labelled next tokens (fp32 scalar; 0, still attached to the LM
+        head, when ``M = 0``) and ``M``. The LM head sees ``(M, D)``, never ``(B, L, D)``.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][keep])
+    total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    count = int(keep.sum())
+    return total / max(count, 1), count
+
+
+def visual_anchor(model: nn.Module, device: torch.device) -> Tensor:
+    """``0 * sum`` of the vision tower's output on a dummy 1x2x2-patch video: a zero that ran the tower.
+
+    Args:
+        model: a Qwen2.5-VL ``...ForConditionalGeneration`` model.
+        device: where the batch lives (the dummy video goes there).
+
+    Returns:
+        A scalar (fp32) equal to 0, attached to the tower's graph when the tower trains.
+    """
+    visual = model.model.visual
+    cfg = visual.config
+    patch = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
+    pixels = torch.zeros(4, patch, dtype=visual.dtype, device=device)
+    grid = torch.tensor([[1, 2, 2]], dtype=torch.long, device=device)
+    return visual(pixels, grid_thw=grid).pooler_output.float().sum() * 0.0
+
+
+@dataclass
+class StepOutput:
+    """What one forward gives: the losses and the maps.
+
+    Attributes:
+        loss: the total loss (scalar).
+        text_loss: the CE over labelled tokens.
+        num_label_tokens: ``M``, the number of labelled next tokens.
+        mask_loss: the attention-mask loss, or ``None`` when the batch has no supervised row.
+        attention: the loss module's full output (fused maps, per-layer mass), or ``None``.
+        maps: ``{layer: (R, K)}`` (``(R, heads, K)`` with ``keep_heads``) captured maps; empty without rows.
+        anchor: the dummy-video tower term, or ``None`` when the batch had visual input.
+    """
+
+    loss: Tensor
+    text_loss: Tensor
+    num_label_tokens: int
+    mask_loss: Tensor | None
+    attention: AttentionLossOutput | None
+    maps: dict[int, Tensor]
+    anchor: Tensor | None
+
+
+def zero_weighted_loss(step: StepOutput) -> Tensor:
+    """A loss equal to 0 whose backward reaches every parameter the step used, through finite terms only.
+
+    The finite terms (CE, mask loss, tower anchor) enter with weight 0, so their gradients are
+    exactly 0. A non-finite CE still enters (through ``nan_to_num``) to keep the LM head in the graph,
+    as DDP and DeepSpeed expect; its gradients may then be non-finite (see the module docs).
+    """
+    terms = [
+        t for t in (step.text_loss, step.mask_loss, step.anchor) if t is not None and bool(torch.isfinite(t))
+    ]
+    if not bool(torch.isfinite(step.text_loss)):
+        terms.append(torch.nan_to_num(step.text_loss, nan=0.0, posinf=0.0, neginf=0.0))
+    return sum((term * 0.0 for term in terms), start=step.text_loss.new_zeros(()))
