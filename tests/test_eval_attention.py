@@ -15,10 +15,11 @@ from module_fixtures import cpu_trainer, loader, make_batch, tiny_module
 from PIL import Image
 
 from swim.data.collate import collate
+from swim.data.media import load_video_clip
 from swim.data.mixture import build_mixture
 from swim.data.sample import SampleBuilder
 from swim.eval.attention import capture_maps, prompt_rows
-from swim.eval.generate import Prompt, clean_prompt, generate, load_clip
+from swim.eval.generate import Prompt, clean_prompt, generate
 from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.eval.heatmaps import LABEL_HEIGHT, LABEL_WIDTH, colorize, outline
 from swim.eval.loading import load_model
@@ -81,9 +82,11 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(demo, cach
     data = data_config(compose_eval(demo, cache))
     videos = [demo / "videos" / "val_00000.mp4", demo / "frames" / "bench_00001"]
     prompts = [
-        Prompt("a", "What moves?", load_clip(str(videos[0]), data)),
+        Prompt("a", "What moves?", load_video_clip(str(videos[0]), data)),
         Prompt(
-            "b", "Describe every shape you can see in the video, one by one.", load_clip(str(videos[1]), data)
+            "b",
+            "Describe every shape you can see in the video, one by one.",
+            load_video_clip(str(videos[1]), data),
         ),
     ]
     batched = generate(loaded.model, loaded.processor, prompts, max_new_tokens=5)
@@ -94,7 +97,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(demo, cach
 def test_prompt_rows_point_at_the_tagged_words(demo, cache):
     loaded = load_model(None, BackboneConfig())
     data = data_config(compose_eval(demo, cache))
-    clip = load_clip(str(demo / "videos" / "val_00000.mp4"), data)
+    clip = load_video_clip(str(demo / "videos" / "val_00000.mp4"), data)
     rows = prompt_rows(loaded.processor, PROMPT, clip, system_prompt=data.system_prompt)
     assert rows.phrases == ["yellow square", "red circle"]
     ids = rows.inputs["input_ids"][0]
@@ -206,7 +209,7 @@ def test_predict_cli_answers_and_writes_heatmaps(demo, trained, tmp_path):
     assert result["prompt"] == PROMPT
     loaded = load_model(str(ckpt), BackboneConfig())
     data = data_config(compose_eval(demo, tmp_path / "cache"))
-    clip = load_clip(str(video), data)
+    clip = load_video_clip(str(video), data)
     expected = generate(
         loaded.model,
         loaded.processor,

@@ -3,7 +3,8 @@
 The formats are those of ``docs/DATA.md``: ``nl_refer`` (NL-Refer-D and -Q), ``llava_video``
 (video or image SFT), ``bench_q`` and ``bench_d`` (VideoRefer-Bench, original ``<objectN><region>``
 and NL-Refer ``<ins>`` forms). Validation is cheap: media paths are only stat-ed and masks are
-never decoded (load-time checks live in the sample builder and the data doctor). A bad record
+never decoded (``annotation`` is checked for structure only, by ``swim.data.annotation``; load-time
+checks live in the sample builder and the data doctor). A bad record
 becomes a :class:`Rejection` with a stable ``reason`` code from :data:`REJECTION_REASONS`, or, in
 strict mode, raises :class:`RecordError` naming file, record index and field.
 
@@ -27,11 +28,11 @@ Conventions fixed here:
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, get_args
 
+from swim.data.annotation import Invalid, int_like, json_kind, parse_annotation
 from swim.data.schema import Format, Record, RecordError, Rejection, Turn
 from swim.data.tags import TagError, strip_tags
 
@@ -71,14 +72,6 @@ REJECTION_REASONS: dict[str, str] = {
     "bad_polygon": "a polygon segmentation that is not lists of >= 6 numbers of even length",
     "bad_frame_idx": "`frame_idx` is not a non-negative integer",
 }
-
-
-class _Reject(Exception):
-    """Internal: a validation failure at ``field`` with a reason code."""
-
-    def __init__(self, field: str, reason: str, detail: str):
-        super().__init__(detail)
-        self.field, self.reason, self.detail = field, reason, detail
 
 
 def detect_format(raw: Any) -> Format | None:
@@ -125,7 +118,7 @@ def parse_record(
     """
     try:
         return _parse(raw, file, index, Path(video_root), format, source, supervise, check_files)
-    except _Reject as bad:
+    except Invalid as bad:
         rejection = Rejection(file=file, index=index, field=bad.field, reason=bad.reason, detail=bad.detail)
         if strict:
             raise RecordError(rejection) from None
@@ -143,11 +136,11 @@ def _parse(
     check_files: bool,
 ) -> Record:
     if not isinstance(raw, dict):
-        raise _Reject("<record>", "not_an_object", f"expected a JSON object, got {_kind(raw)}")
+        raise Invalid("<record>", "not_an_object", f"expected a JSON object, got {json_kind(raw)}")
     if format == "auto":
         found = detect_format(raw)
         if found is None:
-            raise _Reject(
+            raise Invalid(
                 "<record>",
                 "unknown_format",
                 f"fields {sorted(raw)[:8]} match no format; expected `conversations` (nl_refer, "
@@ -164,11 +157,11 @@ def _parse(
     video = _media(raw, "video", video_root, check_files, "missing_video")
     image = _media(raw, "image", video_root, check_files, "missing_image")
     if video is None and image is None:
-        raise _Reject(
+        raise Invalid(
             "video", "missing_field", "expected a `video` (file or frame folder) or an `image` path"
         )
     if video is not None and image is not None:
-        raise _Reject("image", "wrong_type", "expected either `video` or `image`, the record has both")
+        raise Invalid("image", "wrong_type", "expected either `video` or `image`, the record has both")
 
     if fmt in TRAINING_FORMATS:
         turns = _conversation(raw)
@@ -184,7 +177,7 @@ def _parse(
         extra["frame_idx"] = _frame_idx(raw["frame_idx"])
     extra.update({key: value for key, value in raw.items() if key not in known and key not in extra})
     turns = _place_visual(turns)
-    annotation = _annotation(raw.get("annotation", []))
+    annotation = parse_annotation(raw.get("annotation", []))
     record_id = next((raw[key] for key in ("id", "index") if raw.get(key) is not None), f"{file}:{index}")
     return Record(
         source=source,
@@ -201,11 +194,6 @@ def _parse(
     )
 
 
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _check_utf8(value: Any, field: str) -> None:
     """Reject strings holding undecodable bytes (lone surrogates from a ``surrogateescape`` read)."""
     if isinstance(value, str):
@@ -213,7 +201,7 @@ def _check_utf8(value: Any, field: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as err:
             bad = value[err.start : err.end].encode("utf-8", "surrogateescape")
-            raise _Reject(
+            raise Invalid(
                 field or "<record>", "invalid_utf8", f"bytes {bad!r} at character {err.start}"
             ) from None
     elif isinstance(value, dict):
@@ -230,51 +218,51 @@ def _media(raw: dict, key: str, root: Path, check: bool, missing: str) -> str | 
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise _Reject(key, "wrong_type", f"expected a non-empty path string, got {_kind(value)}")
+        raise Invalid(key, "wrong_type", f"expected a non-empty path string, got {json_kind(value)}")
     path = Path(value) if Path(value).is_absolute() else root / value
     if check and not (path.is_file() if key == "image" else path.exists()):
-        raise _Reject(key, missing, f"{path} does not exist (video root {root})")
+        raise Invalid(key, missing, f"{path} does not exist (video root {root})")
     return str(path)
 
 
 def _text(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise _Reject(field, "wrong_type", f"expected a string, got {_kind(value)}")
+        raise Invalid(field, "wrong_type", f"expected a string, got {json_kind(value)}")
     return value
 
 
 def _conversation(raw: dict) -> list[Turn]:
     _, convs = _field(raw, "conversations")
     if not isinstance(convs, list):
-        raise _Reject("conversations", "wrong_type", f"expected a list of turns, got {_kind(convs)}")
+        raise Invalid("conversations", "wrong_type", f"expected a list of turns, got {json_kind(convs)}")
     if not convs:
-        raise _Reject("conversations", "empty_conversation", "expected at least a user and an assistant turn")
+        raise Invalid("conversations", "empty_conversation", "expected at least a user and an assistant turn")
     turns = []
     for i, turn in enumerate(convs):
         if not isinstance(turn, dict):
-            raise _Reject(f"conversations[{i}]", "wrong_type", f"expected an object, got {_kind(turn)}")
+            raise Invalid(f"conversations[{i}]", "wrong_type", f"expected an object, got {json_kind(turn)}")
         for key in ("from", "value"):
             if key not in turn:
-                raise _Reject(f"conversations[{i}].{key}", "missing_field", f"turn {i} has no `{key}`")
+                raise Invalid(f"conversations[{i}].{key}", "missing_field", f"turn {i} has no `{key}`")
         role = ROLES.get(_text(turn["from"], f"conversations[{i}].from").lower())
         if role is None:
-            raise _Reject(
+            raise Invalid(
                 f"conversations[{i}].from", "bad_role", f"{turn['from']!r}; expected one of {list(ROLES)}"
             )
         turns.append(Turn(role=role, text=_text(turn["value"], f"conversations[{i}].value")))  # type: ignore[arg-type]
     if all(turn.role == "user" for turn in turns):
-        raise _Reject(
+        raise Invalid(
             "conversations", "no_assistant_turn", f"{len(turns)} user turn(s) and no answer to train on"
         )
     for i, turn in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if turn.role != expected:
-            raise _Reject(
+            raise Invalid(
                 f"conversations[{i}].from", "not_alternating", f"turn {i} is {turn.role}, expected {expected}"
             )
     if turns[-1].role == "user":
         last = len(turns) - 1
-        raise _Reject(
+        raise Invalid(
             f"conversations[{last}]", "not_alternating", "the last user turn has no assistant answer"
         )
     return turns
@@ -284,7 +272,7 @@ def _field(raw: dict, *names: str) -> tuple[str, Any]:
     for name in names:
         if name in raw:
             return name, raw[name]
-    raise _Reject(names[0], "missing_field", f"expected a `{names[0]}` field")
+    raise Invalid(names[0], "missing_field", f"expected a `{names[0]}` field")
 
 
 def _bench_q(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
@@ -292,7 +280,9 @@ def _bench_q(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
     question = _text(question, q_key)
     _, options = _field(raw, "options")
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
-        raise _Reject("options", "wrong_type", f"expected a non-empty list of strings, got {_kind(options)}")
+        raise Invalid(
+            "options", "wrong_type", f"expected a non-empty list of strings, got {json_kind(options)}"
+        )
     a_key, answer = _field(raw, "Answer", "answer")
     answer = _text(answer, a_key)
     prompt = "\n".join([question, *options])
@@ -317,20 +307,10 @@ def _bench_d(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
 
 
 def _frame_idx(value: Any) -> int:
-    number = _int_like(value)
+    number = int_like(value)
     if number is None or number < 0:
-        raise _Reject("frame_idx", "bad_frame_idx", f"{value!r}; expected a non-negative integer")
+        raise Invalid("frame_idx", "bad_frame_idx", f"{value!r}; expected a non-negative integer")
     return number
-
-
-def _int_like(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
-        return int(value)
-    return None
 
 
 def _place_visual(turns: list[Turn]) -> list[Turn]:
@@ -343,9 +323,9 @@ def _place_visual(turns: list[Turn]) -> list[Turn]:
         offset = None
         if matches:
             if turn.role != "user":
-                raise _Reject(field, "bad_placeholder", f"{matches[0].group().strip()} in an assistant turn")
+                raise Invalid(field, "bad_placeholder", f"{matches[0].group().strip()} in an assistant turn")
             if seen is not None or len(matches) > 1:
-                raise _Reject(
+                raise Invalid(
                     field, "bad_placeholder", f"a second visual placeholder (first in {seen or field})"
                 )
             seen, offset = field, matches[0].start()
@@ -361,74 +341,9 @@ def _check_tags(text: str, field: str) -> None:
     try:
         _, spans = strip_tags(text)
     except TagError as err:
-        raise _Reject(field, "bad_tags", str(err)) from None
+        raise Invalid(field, "bad_tags", str(err)) from None
     for span in spans:
         if not _WORD.search(span.phrase):
-            raise _Reject(
+            raise Invalid(
                 field, "tag_without_word", f"<ins>{span.phrase}</ins> tags no word (letter or digit)"
             )
-
-
-def _annotation(value: Any) -> list[dict[int, Any]]:
-    if not isinstance(value, list):
-        raise _Reject("annotation", "bad_annotation", f"expected a list of instances, got {_kind(value)}")
-    instances = []
-    for i, instance in enumerate(value):
-        if not isinstance(instance, dict):
-            raise _Reject(
-                f"annotation[{i}]", "bad_annotation", f"expected {{frame: ...}}, got {_kind(instance)}"
-            )
-        frames: dict[int, Any] = {}
-        for key, entry in instance.items():
-            field = f'annotation[{i}]["{key}"]'
-            frame = _int_like(key)
-            if frame is None or frame < 0 or key != key.strip():
-                raise _Reject(field, "bad_frame_key", f"frame key {key!r}; expected a non-negative integer")
-            if not isinstance(entry, dict) or "segmentation" not in entry:
-                raise _Reject(
-                    field, "bad_annotation", f'expected {{"segmentation": ...}}, got {_kind(entry)}'
-                )
-            _segmentation(entry["segmentation"], f"{field}.segmentation")
-            frames[frame] = entry["segmentation"]
-        instances.append(frames)
-    return instances
-
-
-def _segmentation(seg: Any, field: str) -> None:
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
-            raise _Reject(f"{field}.size", "bad_rle", f"{size!r}; expected [h, w] positive integers")
-        if isinstance(counts, str):
-            if not counts:
-                raise _Reject(f"{field}.counts", "bad_rle", "empty counts string")
-        elif isinstance(counts, list):
-            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-                raise _Reject(f"{field}.counts", "bad_rle", "expected a list of non-negative integers")
-            if sum(counts) != size[0] * size[1]:
-                raise _Reject(
-                    f"{field}.counts", "bad_rle", f"runs sum to {sum(counts)}, size is {size[0]}x{size[1]}"
-                )
-        else:
-            raise _Reject(
-                f"{field}.counts", "bad_rle", f"expected a string or a list of ints, got {_kind(counts)}"
-            )
-    elif isinstance(seg, list):
-        if not seg:
-            raise _Reject(field, "bad_polygon", "expected at least one polygon")
-        for j, poly in enumerate(seg):
-            ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-            if not ok or not all(_finite(v) for v in poly):
-                raise _Reject(
-                    f"{field}[{j}]", "bad_polygon", "expected an even number (>= 6) of finite coordinates"
-                )
-    else:
-        raise _Reject(field, "bad_annotation", f"expected an RLE object or a polygon list, got {_kind(seg)}")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

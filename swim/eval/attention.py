@@ -16,8 +16,9 @@ from torch import Tensor
 from transformers import PreTrainedModel, ProcessorMixin
 
 from swim.data.chat import char_span_tokens, render_chat, tokenize_chat
+from swim.data.media import VideoClip
 from swim.data.schema import Turn
-from swim.eval.generate import Clip, processor_inputs
+from swim.eval.generate import processor_inputs
 from swim.losses import fuse_layers
 from swim.model.probe import AttentionProbe, ProbeRequest
 
@@ -88,7 +89,7 @@ class PromptRows:
 def prompt_rows(
     processor: ProcessorMixin,
     prompt: str,
-    clip: Clip,
+    clip: VideoClip,
     *,
     system_prompt: str | None,
     query: str = "predicting",

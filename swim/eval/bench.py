@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from swim.data.media import load_video_clip
 from swim.data.sample import DataConfig
 from swim.data.schema import Record, SampleError
-from swim.eval.generate import Prompt, generate, load_clip
+from swim.eval.generate import Prompt, generate
 from swim.eval.loading import LoadedModel
-from swim.eval.results import JsonlLog
+from swim.eval.results import JsonlLog, skip_failed
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ class GenerationStats:
     seconds: float = 0.0
 
 
-def finished(out: JsonlLog, item_id: str) -> bool:
-    """Whether ``out`` holds a successful row for ``item_id``."""
-    row = out.rows.get(str(item_id))
-    return row is not None and "error" not in row
-
-
 def generate_records(
     loaded: LoadedModel,
     records: Sequence[Record],
@@ -74,12 +69,8 @@ def generate_records(
     """
     stats = GenerationStats()
     start = time.perf_counter()
-    pending = []
-    for record in records:
-        if finished(out, record.id):
-            stats.resumed += 1
-        else:
-            pending.append(record)
+    pending = [record for record in records if not out.finished(record.id)]
+    stats.resumed = len(records) - len(pending)
     if stats.resumed:
         log.info("%s: %d records already done, %d to generate", out.path.name, stats.resumed, len(pending))
     for begin in range(0, len(pending), gen.batch_size):
@@ -90,16 +81,11 @@ def generate_records(
             try:
                 clip = None
                 if record.video is not None:
-                    clip = load_clip(
+                    clip = load_video_clip(
                         record.video, data, annotation=record.annotation, file=record.file, index=record.index
                     )
             except SampleError as error:
-                if strict:
-                    raise
-                reason = error.rejection.reason
-                stats.failed[reason] = stats.failed.get(reason, 0) + 1
-                log.warning("skipping %s: %s", record.id, error)
-                out.write({"id": record.id, "error": reason, "detail": str(error)})
+                skip_failed(out, record.id, error, stats.failed, strict=strict)
                 continue
             prompts.append(Prompt(id=record.id, text=prompt_of(record), clip=clip))
             kept.append(record)

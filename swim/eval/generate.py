@@ -1,52 +1,24 @@
-"""Video loading for prompts, and batched greedy generation with left padding.
+"""Batched greedy generation with left padding, and the prompt text a model sees.
 
-The frames a prompt shows the model are chosen exactly as for training (METHOD.md section 2:
-annotated frames kept, the rest uniform, an even count, Qwen-style resizing to multiples of 28 px),
-with the same data-config knobs and the same processor metadata as ``swim.data.sample``.
+A prompt's video is a :class:`~swim.data.media.VideoClip` loaded with
+:func:`~swim.data.media.load_video_clip`, so its frames are chosen exactly as for training
+(METHOD.md section 2: annotated frames kept, the rest uniform, an even count, Qwen-style resizing to
+multiples of 28 px) with the same data-config knobs and the same processor metadata.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
-from transformers.video_utils import VideoMetadata
 
-from swim.data.frames import fit_resolution, sample_frame_indices
-from swim.data.masks import annotated_frames
-from swim.data.sample import DataConfig
+from swim.data.media import VideoClip
 from swim.data.tags import strip_tags
-from swim.data.video import open_video, resize_frames
 
 _REGION = re.compile(r"<object(\d+)>\s*<region>")
-
-
-@dataclass
-class Clip:
-    """A video as the model will see it.
-
-    Attributes:
-        frames: ``(F, H, W, 3)`` uint8, ``F`` even, ``H`` and ``W`` multiples of 28.
-        indices: the ``F`` sampled frame indices of the source video.
-        num_frames: frames in the source video.
-        fps: the source video's frame rate.
-    """
-
-    frames: np.ndarray
-    indices: list[int]
-    num_frames: int
-    fps: float
-
-    def metadata(self) -> VideoMetadata:
-        """The processor's video metadata (its sampled fps sets ``second_per_grid_ts``)."""
-        return VideoMetadata(
-            total_num_frames=self.num_frames, fps=self.fps, frames_indices=list(self.indices)
-        )
 
 
 @dataclass
@@ -55,52 +27,7 @@ class Prompt:
 
     id: str
     text: str
-    clip: Clip | None
-
-
-def load_clip(
-    path: str,
-    cfg: DataConfig,
-    *,
-    annotation: Sequence[Mapping[Any, Any]] = (),
-    file: str = "?",
-    index: int = -1,
-) -> Clip:
-    """Open ``path`` (mp4 or frame folder), sample and resize its frames like the training data.
-
-    Args:
-        annotation: the record's instances (frame -> segmentation); their frames are always sampled.
-
-    Raises:
-        SampleError: the video cannot be read or an annotated frame lies outside it (the error names
-            the file, record index and field).
-    """
-    source = open_video(
-        path,
-        file=file,
-        index=index,
-        field="video",
-        default_fps=cfg.default_fps,
-        num_threads=cfg.video_threads,
-    )
-    annotated: set[int] = set()
-    for j, instance in enumerate(annotation):
-        annotated.update(
-            annotated_frames(
-                instance, num_frames=source.num_frames, file=file, index=index, field=f"annotation[{j}]"
-            )
-        )
-    indices = sample_frame_indices(source.num_frames, annotated, cfg.max_frames)
-    height, width = fit_resolution(
-        source.height,
-        source.width,
-        len(indices),
-        min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels,
-        total_pixels=cfg.total_pixels,
-    )
-    frames = resize_frames(source.read(indices), height, width)
-    return Clip(frames=frames, indices=indices, num_frames=source.num_frames, fps=source.fps)
+    clip: VideoClip | None
 
 
 def clean_prompt(text: str, region_text: str = "object {n}") -> str:
@@ -127,7 +54,7 @@ def chat_text(processor: ProcessorMixin, text: str, *, video: bool, system_promp
 def processor_inputs(
     processor: ProcessorMixin,
     texts: Sequence[str],
-    clips: Sequence[Clip | None],
+    clips: Sequence[VideoClip | None],
     *,
     padding_side: str = "left",
 ) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from swim.data.schema import Record, SampleError
 from swim.eval.attention import capture_maps
 from swim.eval.grounding import grounding_scores, metric_names
 from swim.eval.loading import LoadedModel
-from swim.eval.results import JsonlLog, Table
+from swim.eval.results import JsonlLog, Table, skip_failed
 from swim.losses import pair_groups
 from swim.model.probe import AttentionProbe, probe_request
 
@@ -91,13 +91,8 @@ def evaluate_grounding(
 ) -> GroundingStats:
     """Score every record of ``records`` not yet in ``out`` (see the module doc)."""
     stats = GroundingStats()
-    pending: list[Record] = []
-    for record in records:
-        done = out.rows.get(str(record.id))
-        if done is not None and "error" not in done:
-            stats.resumed += 1
-        else:
-            pending.append(record)
+    pending = [record for record in records if not out.finished(record.id)]
+    stats.resumed = len(records) - len(pending)
     pad_id = loaded.processor.tokenizer.pad_token_id
     for begin in range(0, len(pending), batch_size):
         samples: list[Sample] = []
@@ -105,12 +100,7 @@ def evaluate_grounding(
             try:
                 sample = builder.build(record)
             except SampleError as error:
-                if strict:
-                    raise
-                reason = error.rejection.reason
-                stats.failed[reason] = stats.failed.get(reason, 0) + 1
-                log.warning("skipping %s: %s", record.id, error)
-                out.write({"id": record.id, "error": reason, "detail": str(error)})
+                skip_failed(out, record.id, error, stats.failed, strict=strict)
                 continue
             if len(sample.rows) == 0:
                 stats.without_rows += 1

@@ -2,7 +2,8 @@
 
 Predictions and judge scores are appended to JSONL files as they are produced, one flushed line
 each. A rerun in the same run dir reads them back and skips finished ids. A run killed mid-write
-leaves at most one partial last line; it is cut off (and logged) before appending again.
+leaves at most one partial last line; it is cut off (and logged) before appending again. An item
+whose sample cannot be loaded gets an ``error`` row (:func:`skip_failed`), which a rerun retries.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from swim.data.schema import SampleError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ class JsonlLog:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def finished(self, item_id: object) -> bool:
+        """Whether a successful row (one without ``error``) holds ``item_id``."""
+        row = self.rows.get(str(item_id))
+        return row is not None and "error" not in row
+
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (it must have an ``id``) and flush it to disk."""
         self.rows[str(row["id"])] = row
@@ -95,6 +103,20 @@ class JsonlLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def skip_failed(
+    out: JsonlLog, item_id: str, error: SampleError, failed: dict[str, int], *, strict: bool
+) -> None:
+    """Skip an item whose sample cannot be loaded: re-raise ``error`` if ``strict``; otherwise count it
+    in ``failed`` by reason, log a warning and write an ``error`` row to ``out`` (a rerun retries it).
+    """
+    if strict:
+        raise error
+    reason = error.rejection.reason
+    failed[reason] = failed.get(reason, 0) + 1
+    log.warning("skipping %s: %s", item_id, error)
+    out.write({"id": item_id, "error": reason, "detail": str(error)})
 
 
 @dataclass

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from swim.data.collate import collate
+from swim.data.media import load_video_clip
 from swim.data.sample import DataConfig, SampleBuilder
 from swim.data.schema import Record
 from swim.eval.attention import capture_maps, phrase_maps, prompt_rows
-from swim.eval.generate import Prompt, clean_prompt, generate, load_clip
+from swim.eval.generate import Prompt, clean_prompt, generate
 from swim.eval.heatmaps import HeatmapRow, heatmap_figure, save_figure
 from swim.eval.loading import LoadedModel
 from swim.model.probe import AttentionProbe, probe_request
@@ -147,7 +148,7 @@ def predict(
         SampleError: the video cannot be read (``input.video``).
         ValueError: ``heatmaps`` is set but the prompt has no tag.
     """
-    clip = load_clip(video, data, file="input.video", index=0)
+    clip = load_video_clip(video, data, file="input.video", index=0)
     answer = generate(
         loaded.model,
         loaded.processor,
@@ -175,7 +176,7 @@ def predict(
             [None] * clip.frames.shape[0],
             figure_rows,
             title=f"{Path(video).name}: <{text}>",
-            frame_labels=[f"frame {i}" for i in clip.indices],
+            frame_labels=[f"frame {i}" for i in clip.frame_indices],
         )
         paths.append(str(save_figure(figure, heatmaps, f"phrase{phrase}_{text}")))
     result["heatmaps"] = paths

@@ -181,32 +181,34 @@ def _write_annotations(out: _Output) -> None:
             path.write_text(json.dumps(items))
 
 
-def generate_demo(
-    out_dir: str | Path,
-    seed: int = 0,
-    num_train: int = DemoParams.num_train,
-    num_val: int = DemoParams.num_val,
-    num_bench: int = DemoParams.num_bench,
-    num_images: int = DemoParams.num_images,
-    progress: bool = True,
-) -> Path:
+def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, **sizes: int) -> Path:
     """Generate the demo dataset into ``out_dir`` (its video root), replacing an older one.
 
     Deterministic per ``seed`` and sizes: same records, masks and pixels.
+
+    Args:
+        sizes: :class:`DemoParams` fields (``num_train``, ``num_val``, ``num_bench``,
+            ``num_images``); those not given keep its defaults.
 
     Returns:
         The manifest's path, ``out_dir/manifest.json``.
 
     Raises:
         FileExistsError: ``out_dir`` is not empty and holds no demo dataset.
+        TypeError: a size that is not a :class:`DemoParams` field.
     """
     root = Path(out_dir)
-    params = DemoParams(num_train, num_val, num_bench, num_images)
+    params = DemoParams(**sizes)
     _prepare(root)
     start = time.perf_counter()
     out = _Output(root)
-    sizes = {"train": num_train, "val": num_val, "bench": num_bench, "image": num_images}
-    jobs = [(split, i) for split, n in sizes.items() for i in range(n)]
+    scenes = {
+        "train": params.num_train,
+        "val": params.num_val,
+        "bench": params.num_bench,
+        "image": params.num_images,
+    }
+    jobs = [(split, i) for split, n in scenes.items() for i in range(n)]
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"demo dataset -> {root}", total=len(jobs))
         for split, i in jobs:
@@ -264,21 +266,14 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_demo(
-    out_dir: str | Path,
-    seed: int = 0,
-    num_train: int = DemoParams.num_train,
-    num_val: int = DemoParams.num_val,
-    num_bench: int = DemoParams.num_bench,
-    num_images: int = DemoParams.num_images,
-    progress: bool = True,
-) -> Path:
+def ensure_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, **sizes: int) -> Path:
     """Return ``out_dir``'s manifest, generating the dataset first if it is missing, or was made
-    by another version, seed or sizes. Safe to call from several processes at once."""
+    by another version, seed or sizes (:class:`DemoParams` fields, as for :func:`generate_demo`).
+    Safe to call from several processes at once."""
     root = Path(out_dir)
-    params = DemoParams(num_train, num_val, num_bench, num_images)
+    params = DemoParams(**sizes)
     with _locked(root):
         if _is_current(root / MANIFEST, seed, params):
             return root / MANIFEST
         log.info("demo dataset in %s missing or stale: generating it", root)
-        return generate_demo(root, seed, num_train, num_val, num_bench, num_images, progress)
+        return generate_demo(root, seed, progress=progress, **sizes)
