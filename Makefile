@@ -43,3 +43,8 @@ format: setup
 
 clean:
 	rm -rf logs .cache .pytest_cache .ruff_cache
+
+# Text-only vs SWIM on the synthetic demo (CPU, minutes); prints both validation grounding tables
+# side by side. Extra Hydra overrides for both runs: `make demo-ablation ARGS="trainer.max_steps=100"`.
+demo-ablation: setup
+	$(PY) -m swim.train.ablation $(ARGS)

@@ -204,9 +204,9 @@ def test_row_attention_reads_every_mask_format_the_kernels_receive():
 def _attention_grads(model, probe, inputs, supervision, cfg, *, checkpointing: bool, backward_inside: bool):
     model.zero_grad(set_to_none=True)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     with probe.capture(probe_request(supervision)) as maps:
         model(**inputs, use_cache=False)
         result = attention_mask_loss(maps, supervision, cfg)
@@ -243,7 +243,7 @@ def test_mask_loss_gradients_match_with_and_without_gradient_checkpointing():
         ]
         assert model.model.language_model.layers[1].gradient_checkpointing is True
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         probe.remove()
     assert plain.num_pairs > 0 and torch.isfinite(plain.loss)
     for layer in (0, 1, 2):
@@ -337,11 +337,11 @@ def test_probe_validates_layers_nesting_and_reentrant_checkpointing(backbone):
         with pytest.raises(ValueError, match=r"rows \[0, 1, 2, 3, 4\] lie outside"), probe.capture(beyond):
             model(**inputs)
         model.train()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
         with pytest.raises(RuntimeError, match="reentrant"), probe.capture(request):
             pass
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         model.eval()
         probe.remove()
     with pytest.raises(RuntimeError, match="removed"), probe.capture(request):

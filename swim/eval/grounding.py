@@ -183,7 +183,8 @@ class GroundingMetrics(Metric):
         self.sample_index.append(sample_index.long())
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.scores:
+        # After a distributed sync the list states are already concatenated tensors.
+        if len(self.scores) == 0:
             nan = torch.tensor(float("nan"), device=self.device)
             zero = torch.tensor(0, device=self.device)
             return {

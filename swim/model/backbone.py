@@ -111,29 +111,49 @@ def build_processor(tokenizer_path: str | Path | None = None) -> Qwen2_5_VLProce
     )
 
 
+def _checkpoint_folder(cfg: BackboneConfig) -> str:
+    """The local checkpoint folder of a ``pretrained`` backbone, or a clear error."""
+    if not cfg.path or not Path(cfg.path).is_dir():
+        raise FileNotFoundError(
+            f"model.backbone.path={cfg.path!r} is not a local checkpoint folder; download Qwen2.5-VL "
+            "yourself and point model.backbone.path at it (swim never downloads weights)"
+        )
+    return cfg.path
+
+
+def load_processor(cfg: BackboneConfig) -> Qwen2_5_VLProcessor:
+    """The processor of a backbone config, without building the model.
+
+    The datamodule needs it before the module builds its model (which happens inside the trainer,
+    for ZeRO-3). Resizing is always left to the data pipeline.
+    """
+    if cfg.kind == "tiny":
+        return build_processor(cfg.tokenizer_path)
+    if cfg.kind == "pretrained":
+        processor = Qwen2_5_VLProcessor.from_pretrained(_checkpoint_folder(cfg), local_files_only=True)
+        processor.image_processor.do_resize = False
+        processor.video_processor.do_resize = False
+        return processor
+    raise ValueError(f"model.backbone.kind={cfg.kind!r}: expected 'tiny' or 'pretrained'")
+
+
 def build_backbone(cfg: BackboneConfig) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """Model and processor for a backbone config (tiny random init, or a local checkpoint)."""
     if cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+        raise ValueError(f"model.backbone.dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
+    processor = load_processor(cfg)
     if cfg.kind == "tiny":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.tiny.seed)
             config = tiny_qwen2_5_vl_config(cfg.tiny)
             config._attn_implementation = cfg.attn_implementation
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
-        return model, build_processor(cfg.tokenizer_path)
-    if cfg.kind == "pretrained":
-        if not cfg.path or not Path(cfg.path).is_dir():
-            raise FileNotFoundError(
-                f"model.path={cfg.path!r} is not a local checkpoint folder; download Qwen2.5-VL yourself "
-                "and point model.path at it (swim never downloads weights)"
-            )
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation, local_files_only=True
-        )
-        processor = Qwen2_5_VLProcessor.from_pretrained(cfg.path, local_files_only=True)
-        processor.image_processor.do_resize = False
-        processor.video_processor.do_resize = False
         return model, processor
-    raise ValueError(f"model.kind={cfg.kind!r}: expected 'tiny' or 'pretrained'")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        _checkpoint_folder(cfg),
+        dtype=dtype,
+        attn_implementation=cfg.attn_implementation,
+        local_files_only=True,
+    )
+    return model, processor

@@ -1,0 +1,111 @@
+"""Train SWIM: Hydra config in, checkpoints, logs and metrics.json out.
+
+    python train.py                                   # the demo: tiny Qwen2.5-VL on synthetic videos, CPU
+    python train.py experiment=swim_7b model.backbone.path=... data.root=...   # the paper's recipe
+    python train.py -m loss.mask_weight=0,0.5,1       # a sweep; summary in the multirun dir
+    python train.py ckpt_path=last hydra.run.dir=logs/train/runs/<run>       # resume a run
+    python train.py --help | --cfg job
+
+The recipe, top to bottom: seed; demo data if the data config asks for it; module, datamodule,
+callbacks, loggers, strategy, trainer from their config groups; fit (resuming from ``ckpt_path``);
+validate; ``metrics.json``; a summary of the grounding metrics and where everything went.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from swim.train.task import task_wrapper
+
+log = logging.getLogger("train")
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and validate the module described by ``cfg``; returns the content of ``metrics.json``."""
+    # Imported here, not at the top, so that `--help` and `--cfg job` need no torch or Lightning.
+    import lightning.pytorch as L
+
+    from swim.data.datamodule import SwimDataModule
+    from swim.model.backbone import load_processor
+    from swim.train.callbacks import RunInfoLogger
+    from swim.train.checkpoints import PreemptionCheckpoint, RestoreLoaderPosition, resolve_ckpt_path
+    from swim.train.report import (
+        METRICS_FILE,
+        build_report,
+        print_summary,
+        scalar_metrics,
+        write_metrics_json,
+    )
+    from swim.train.utils import (
+        ensure_demo_data,
+        instantiate_callbacks,
+        instantiate_loggers,
+        instantiate_strategy,
+        loggable_config,
+    )
+
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    ensure_demo_data(cfg.data)
+
+    log.info("Instantiating module <%s>", cfg.model._target_)
+    # Plain dicts, not DictConfigs, reach the module: its saved hyperparameters must load with
+    # torch.load(weights_only=True) when a run resumes.
+    module = hydra.utils.instantiate(cfg.model, loss=cfg.loss, _recursive_=False, _convert_="all")
+    datamodule = SwimDataModule(cfg.data, processor=load_processor(module.backbone_cfg))
+
+    run_info = RunInfoLogger(loggable_config(cfg))
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), run_info, RestoreLoaderPosition()]
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, strategy=instantiate_strategy(cfg.strategy), callbacks=callbacks, logger=loggers or False
+    )
+
+    def finish(status: str, fit: dict[str, float], validation: dict[str, float]) -> dict[str, Any]:
+        report = build_report(
+            trainer,
+            output_dir,
+            status=status,
+            fit=fit,
+            validation=validation,
+            optimized_metric=cfg.get("optimized_metric"),
+            params=run_info.parameter_counts,
+        )
+        if trainer.is_global_zero:
+            write_metrics_json(output_dir / METRICS_FILE, report)
+            print_summary(report)
+        return report
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning's SIGTERMException after the current batch, or a scheduler's requeue handler
+        # exiting the process: PreemptionCheckpoint has saved last.ckpt first.
+        finish("stopped_by_signal", scalar_metrics(trainer.callback_metrics), {})
+        raise
+    fit_metrics = scalar_metrics(trainer.callback_metrics)
+    if any(isinstance(cb, PreemptionCheckpoint) and cb.stopped for cb in callbacks):
+        return finish("stopped_by_signal", fit_metrics, {})
+
+    validation: dict[str, float] = {}
+    if cfg.get("validate"):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        validation = scalar_metrics(trainer.callback_metrics)
+    return finish("finished", fit_metrics, validation)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``optimized_metric`` for sweepers (``None`` if it was not measured)."""
+    return train(cfg)["optimized_value"]
+
+
+if __name__ == "__main__":
+    main()
