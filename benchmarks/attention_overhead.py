@@ -13,6 +13,10 @@ the resident memory just before the first step). Configurations:
 - ``ce_stock``: stock transformers' CE forward (``model(..., labels=...)``, logits everywhere), the
   reference of (d) = ``ce`` / ``ce_stock``.
 
+The mask loss compares at the frame's pixel resolution by default (``--resize pred_to_mask``, the
+reference), which adds ``rows x cells x H x W`` floats of its own; ``--resize mask_to_pred``
+compares on the token grid, leaving the probe's own cost.
+
 A configuration whose estimated memory exceeds ``--budget-gb`` is skipped and says so.
 
     .venv/bin/python benchmarks/attention_overhead.py --lengths 4096 8192 16384
@@ -115,7 +119,7 @@ def labelled_ce(model, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[torch
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep]), output
 
 
-def worker(config: str, length: int, steps: int, rows: int) -> dict[str, float]:
+def worker(config: str, length: int, steps: int, rows: int, resize: str) -> dict[str, float]:
     """One configuration in this process: median step seconds and memory in GB."""
     device = torch.device("cpu")
     implementation = "eager" if config == "eager" else "sdpa"
@@ -124,7 +128,7 @@ def worker(config: str, length: int, steps: int, rows: int) -> dict[str, float]:
     model.model.visual.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     inputs, supervision = build_inputs(length, rows, device)
-    loss_cfg = LossConfig(layers=[1, 2, 3])
+    loss_cfg = LossConfig(layers=[1, 2, 3], resize=resize)
     probe = AttentionProbe(model, loss_cfg.layers) if config == "swim" else None
     request = probe_request(supervision)
 
@@ -180,10 +184,16 @@ def main() -> None:
     parser.add_argument(
         "--budget-gb", type=float, default=12.0, help="skip configurations estimated above this"
     )
+    parser.add_argument(
+        "--resize",
+        choices=("pred_to_mask", "mask_to_pred"),
+        default="pred_to_mask",
+        help="loss.resize of the mask loss: pixel-resolution masks (the reference) or the token grid",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker[0], int(args.worker[1]), args.steps, args.rows)
+        result = worker(args.worker[0], int(args.worker[1]), args.steps, args.rows, args.resize)
         sys.stdout.write(json.dumps(result) + "\n")
         return
 
@@ -196,7 +206,7 @@ def main() -> None:
                 results[config, length] = f"skipped (~{estimate:.0f} GB)"
                 continue
             command = [sys.executable, __file__, "--worker", config, str(length)]
-            command += ["--steps", str(args.steps), "--rows", str(args.rows)]
+            command += ["--steps", str(args.steps), "--rows", str(args.rows), "--resize", args.resize]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 results[config, length] = f"failed (exit {done.returncode})"

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from swim.data.batch import Supervision
-from swim.eval.grounding import GroundingMetrics, grounding_scores, metric_names, update_from_maps
+from swim.eval.grounding import (
+    GroundingMetrics,
+    grounding_scores,
+    metric_names,
+    reference_maps,
+    update_from_maps,
+)
 
 
 def _box_mask(height: int, width: int, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
@@ -112,10 +118,10 @@ def test_metric_averages_per_sample_then_overall():
         assert torch.isnan(metric.compute()["iou"])
 
 
-def test_update_from_fused_maps_and_supervision():
+def _two_sample_supervision() -> Supervision:
     grid = torch.tensor([[2, 2, 2], [1, 2, 2]])
     cell = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    supervision = Supervision(
+    return Supervision(
         row_sample=torch.tensor([0, 1]),
         row_query=torch.tensor([10, 12]),
         row_token=torch.tensor([11, 13]),
@@ -127,6 +133,10 @@ def test_update_from_fused_maps_and_supervision():
         cell_masks=[torch.stack([cell, cell]), cell[None]],
         cell_valid=[torch.tensor([True, True]), torch.tensor([True])],
     )
+
+
+def test_update_from_fused_maps_and_supervision():
+    supervision = _two_sample_supervision()
     fused = torch.tensor([[0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0], [0.1, 0.7, 0.1, 0.1, 0, 0, 0, 0]])
     metric = GroundingMetrics(topk=(1,))
     assert update_from_maps(metric, fused, supervision, sample_index=torch.tensor([100, 101])) == 3
@@ -135,3 +145,20 @@ def test_update_from_fused_maps_and_supervision():
     # sample 101 points off the mask.
     assert float(result["pointing"]) == pytest.approx((0.5 * (1.0 + 1 / 3) + 0.0) / 2)
     assert int(result["num_samples"]) == 2
+
+
+def test_reference_maps_score_chance_and_the_token_grid_oracle():
+    supervision = _two_sample_supervision()
+    maps = reference_maps(supervision)
+    assert maps["oracle"].shape == maps["chance"].shape == (2, 8)
+    assert maps["oracle"][1, 4:].eq(0).all()
+    scores = {}
+    for name, fused in maps.items():
+        metric = GroundingMetrics(topk=(1,))
+        update_from_maps(metric, fused, supervision)
+        scores[name] = metric.compute()
+    # One token of four carries the mask: a uniform map points inside a quarter of the time.
+    assert float(scores["chance"]["pointing"]) == pytest.approx(0.25)
+    assert float(scores["chance"]["roc_auc"]) == pytest.approx(0.5)
+    assert float(scores["oracle"]["pointing"]) == pytest.approx(1.0)
+    assert float(scores["oracle"]["iou"]) == pytest.approx(1.0)

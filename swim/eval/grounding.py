@@ -234,3 +234,22 @@ def update_from_maps(
         metric.update(group.gather(fused), masks, sample_index[supervision.row_sample[group.rows]])
         added += group.num_pairs
     return added
+
+
+def reference_maps(supervision: Supervision) -> dict[str, Tensor]:
+    """The two reference points of the grounding metrics, as per-row maps over the visual keys.
+
+    ``chance`` is a uniform map (its pointing game is the mask's share of the frame); ``oracle`` is
+    each row's ground truth at the token grid (:attr:`Supervision.cell_masks`), the best a map of
+    visual tokens can do against the pixel masks.
+
+    Returns:
+        ``{"chance": (R, K), "oracle": (R, K)}`` fp32 with ``K`` the batch's largest ``T*h*w``,
+        in the layout of :func:`update_from_maps`'s ``fused``.
+    """
+    sizes = [int(mask.numel()) for mask in supervision.cell_masks]
+    width = max(sizes, default=0)
+    oracle = torch.zeros(supervision.num_rows, width)
+    for row, instance in enumerate(supervision.row_instance.tolist()):
+        oracle[row, : sizes[instance]] = supervision.cell_masks[instance].flatten().float()
+    return {"chance": torch.ones_like(oracle), "oracle": oracle}

@@ -4,7 +4,9 @@
 
 Runs one multirun of ``train.py`` over ``experiment=demo_text_only,demo_swim`` (same data, model,
 steps and seed; only the loss differs), then prints each run's validation grounding metrics
-(fused attention of the tagged words vs the GT masks) in one table with the difference. The
+(fused attention of the tagged words vs the GT masks) in one table with the difference and the
+ratio, between two reference points on the same validation split: ``chance`` (a uniform map) and
+``oracle`` (the ground-truth mask at the token grid, the best a token-level map can score). The
 multirun dir also holds the sweep summary, both runs' checkpoints and W&B offline runs.
 """
 
@@ -16,12 +18,21 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import torch
+from hydra import compose, initialize_config_dir
 from rich.console import Console
 
+from swim.data.datamodule import SwimDataModule
+from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
+from swim.model.backbone import BackboneConfig, load_processor
+from swim.model.module import VAL_METRIC_NAMES
+from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
 
 EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM"}
+#: The headline metric whose SWIM / text-only ratio the table adds.
+RATIO_METRIC = "val/pointing_game"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -67,6 +78,39 @@ def ablation_columns(sweep_dir: Path) -> dict[str, dict[str, float | None]]:
     return columns
 
 
+def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
+    """``chance`` and ``oracle`` grounding metrics on the ablation's validation split.
+
+    Composes ``conf/train.yaml`` as the SWIM run does (``experiment=demo_swim`` plus ``overrides``)
+    and scores :func:`~swim.eval.grounding.reference_maps` on its validation batches exactly as the
+    module scores its fused maps.
+    """
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={next(reversed(EXPERIMENTS))}", *overrides])
+    processor = load_processor(to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone"))
+    datamodule = SwimDataModule(cfg.data, processor=processor)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    metrics = {"chance": GroundingMetrics(), "oracle": GroundingMetrics()}
+    seen = 0
+    for batch in datamodule.val_dataloader():
+        sample_index = seen + torch.arange(int(batch.input_ids.shape[0]))
+        seen += int(sample_index.numel())
+        for name, maps in reference_maps(batch.supervision).items():
+            update_from_maps(metrics[name], maps, batch.supervision, sample_index)
+    columns = {
+        name: {
+            f"val/{VAL_METRIC_NAMES.get(key, key)}": float(value)
+            for key, value in metric.compute().items()
+            if not key.startswith("num_")
+        }
+        for name, metric in metrics.items()
+    }
+    # Top-k of a map of ties is the first k tokens, not a chance level: leave it out.
+    columns["chance"] = {k: v for k, v in columns["chance"].items() if "pointing_top" not in k}
+    return columns
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -84,10 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         if status != 0:
             Console(stderr=True).print(f"[red]train.py failed ({status}); see {sweep_dir}[/]")
             return status
+    columns = ablation_columns(sweep_dir)
+    references = reference_columns(args.overrides)
+    table = {"chance": references["chance"], **columns, "oracle": references["oracle"]}
     console = Console()
-    console.print(
-        metrics_table(ablation_columns(sweep_dir), f"Demo ablation: validation grounding ({sweep_dir})")
-    )
+    console.print(metrics_table(table, f"Demo ablation: validation grounding ({sweep_dir})"))
+    text, swim = columns["text-only"].get(RATIO_METRIC), columns["SWIM"].get(RATIO_METRIC)
+    if text and swim is not None:
+        chance = references["chance"][RATIO_METRIC]
+        console.print(
+            f"{RATIO_METRIC}: SWIM / text-only = {swim / text:.2f}x, SWIM / chance = {swim / chance:.1f}x"
+        )
     return 0
 
 
