@@ -15,7 +15,7 @@ from PIL import Image
 from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, read_wandb_run, run_train_py
 
 from swim.model.maps import RowHeatmap, SampleHeatmaps
-from swim.train.ablation import ablation_columns
+from swim.train.ablation import ablation_columns, ablation_runs, seed_ratios
 from swim.train.callbacks import heatmap_rows
 from swim.train.checkpoints import resolve_ckpt_path
 from swim.train.heatmaps import RAMP, render_rows
@@ -248,20 +248,32 @@ def test_count_parameters_splits_trainable_and_frozen():
     assert count_parameters(layer) == {"total": 8, "trainable": 6, "frozen": 2}
 
 
-def test_ablation_table_puts_text_only_and_swim_side_by_side(tmp_path: Path):
-    for job, (experiment, pointing) in enumerate((("demo_text_only", 0.25), ("demo_swim", 0.5))):
+def test_ablation_table_averages_seeds_and_puts_text_only_and_swim_side_by_side(tmp_path: Path):
+    runs = (
+        ("demo_text_only", 1, 0.25),
+        ("demo_swim", 1, 0.5),
+        ("demo_text_only", 2, 0.15),
+        ("demo_swim", 2, 0.6),
+    )
+    for job, (experiment, seed, pointing) in enumerate(runs):
         (tmp_path / str(job) / ".hydra").mkdir(parents=True)
-        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- experiment={experiment}\n")
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment={experiment}\n- seed={seed}\n"
+        )
         validate = {"val/pointing_game": pointing, "val/layer_1/pointing_game": 0.1, "val/num_pairs": 16.0}
         (tmp_path / str(job) / "metrics.json").write_text(
             json.dumps({"status": "finished", "validate": validate})
         )
-    columns = ablation_columns(tmp_path)
+    found = ablation_runs(tmp_path)
+    assert found["SWIM"] == {"1": {"val/pointing_game": 0.5}, "2": {"val/pointing_game": 0.6}}
+    columns = ablation_columns(found)
     assert list(columns) == ["text-only", "SWIM", "SWIM - text-only"]
-    assert columns["SWIM - text-only"] == {"val/pointing_game": 0.25}
+    assert columns["text-only"]["val/pointing_game"] == pytest.approx(0.2)
+    assert columns["SWIM - text-only"]["val/pointing_game"] == pytest.approx(0.35)
+    assert seed_ratios(found) == {"1": pytest.approx(2.0), "2": pytest.approx(4.0)}
     (tmp_path / "1" / "metrics.json").unlink()
     with pytest.raises(RuntimeError, match=r"1: the demo_swim run has no metrics \(failed\)"):
-        ablation_columns(tmp_path)
+        ablation_runs(tmp_path)
 
 
 @pytest.mark.slow

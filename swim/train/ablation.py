@@ -1,6 +1,7 @@
 """The demo ablation: text-only vs SWIM training on the synthetic demo, grounding side by side.
 
-    python -m swim.train.ablation [hydra overrides for both runs]     # `make demo-ablation ARGS=...`
+    python -m swim.train.ablation [--seeds 42 1 2] [hydra overrides for both runs]
+    make demo-ablation ARGS="--seeds 42 1 2"
 
 Runs one multirun of ``train.py`` over ``experiment=demo_text_only,demo_swim`` (same data, model,
 steps and seed; only the loss differs), then prints each run's validation grounding metrics
@@ -13,6 +14,7 @@ multirun dir also holds the sweep summary, both runs' checkpoints and W&B offlin
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 from datetime import datetime
@@ -33,49 +35,84 @@ from swim.train.sweep import collect_jobs, is_headline
 EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM"}
 #: The headline metric whose SWIM / text-only ratio the table adds.
 RATIO_METRIC = "val/pointing_game"
+#: Per experiment label, per seed, a run's headline validation metrics.
+Runs = dict[str, dict[str, dict[str, float | None]]]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_ablation(sweep_dir: Path, overrides: list[str]) -> int:
-    """Train both experiments as one multirun into ``sweep_dir``; returns train.py's exit status."""
+def run_ablation(sweep_dir: Path, overrides: list[str], seeds: list[int]) -> int:
+    """Train both experiments (for each seed) as one multirun into ``sweep_dir``; returns the exit status."""
     command = [
         sys.executable,
         str(REPO / "train.py"),
         "-m",
         f"experiment={','.join(EXPERIMENTS)}",
         f"hydra.sweep.dir={sweep_dir}",
+        *([f"seed={','.join(map(str, seeds))}"] if seeds else []),
         *overrides,
     ]
     return subprocess.run(command, cwd=REPO, check=False).returncode
 
 
-def ablation_columns(sweep_dir: Path) -> dict[str, dict[str, float | None]]:
-    """Per experiment label, its headline validation metrics, plus ``SWIM - text-only``.
+def ablation_runs(sweep_dir: Path) -> Runs:
+    """Per experiment label, per seed (the job's ``seed=`` override, ``default`` without one), the run's
+    headline validation metrics.
 
     Raises:
         RuntimeError: a run is missing or has no metrics (the error names its job dir).
     """
-    columns: dict[str, dict[str, float | None]] = {}
+    runs: Runs = {label: {} for label in EXPERIMENTS.values()}
     for job in collect_jobs(sweep_dir):
-        experiment = next((o.split("=", 1)[1] for o in job.overrides if o.startswith("experiment=")), None)
+        values = dict(o.split("=", 1) for o in job.overrides if "=" in o)
+        experiment = values.get("experiment")
         if experiment not in EXPERIMENTS:
             continue
         if job.status != "finished":
             detail = f"{job.status} {job.error}".strip()
             raise RuntimeError(f"{sweep_dir / job.job}: the {experiment} run has no metrics ({detail})")
-        metrics = {
+        runs[EXPERIMENTS[experiment]][values.get("seed", "default")] = {
             key: value for key, value in job.metrics.items() if key.startswith("val/") and is_headline(key)
         }
-        columns[EXPERIMENTS[experiment]] = metrics
-    missing = [label for label in EXPERIMENTS.values() if label not in columns]
+    missing = [label for label, seeds in runs.items() if not seeds]
     if missing:
         raise RuntimeError(f"{sweep_dir}: no finished run for {missing}")
+    return runs
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.fmean(known) if known else None
+
+
+def ablation_columns(
+    runs: dict[str, dict[str, dict[str, float | None]]],
+) -> dict[str, dict[str, float | None]]:
+    """Per experiment label, each metric's mean over seeds, plus ``SWIM - text-only``."""
+    columns = {
+        label: {
+            key: _mean([metrics.get(key) for metrics in seeds.values()])
+            for key in sorted({key for metrics in seeds.values() for key in metrics})
+        }
+        for label, seeds in runs.items()
+    }
     text, swim = columns["text-only"], columns["SWIM"]
     columns["SWIM - text-only"] = {
         key: None if text.get(key) is None or swim.get(key) is None else swim[key] - text[key]
         for key in swim.keys() | text.keys()
     }
     return columns
+
+
+def seed_ratios(
+    runs: dict[str, dict[str, dict[str, float | None]]], metric: str = RATIO_METRIC
+) -> dict[str, float]:
+    """Per seed run in both experiments, SWIM's ``metric`` over text-only's (seeds where it is defined)."""
+    ratios = {}
+    for seed, swim in runs["SWIM"].items():
+        text = runs["text-only"].get(seed, {}).get(metric)
+        if text and swim.get(metric) is not None:
+            ratios[seed] = swim[metric] / text
+    return ratios
 
 
 def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
@@ -119,25 +156,36 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="multirun dir (default: logs/ablation/<timestamp>); with --report-only, an existing one",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="train both runs once per seed (default: the config's)",
+    )
     parser.add_argument("--report-only", action="store_true", help="print the table of an existing run")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to both runs")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir or REPO / "logs" / "ablation" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if not args.report_only:
-        status = run_ablation(sweep_dir, args.overrides)
+        status = run_ablation(sweep_dir, args.overrides, args.seeds)
         if status != 0:
             Console(stderr=True).print(f"[red]train.py failed ({status}); see {sweep_dir}[/]")
             return status
-    columns = ablation_columns(sweep_dir)
+    runs = ablation_runs(sweep_dir)
     references = reference_columns(args.overrides)
-    table = {"chance": references["chance"], **columns, "oracle": references["oracle"]}
+    table = {"chance": references["chance"], **ablation_columns(runs), "oracle": references["oracle"]}
+    seeds = ", ".join(sorted(runs["SWIM"]))
     console = Console()
-    console.print(metrics_table(table, f"Demo ablation: validation grounding ({sweep_dir})"))
-    text, swim = columns["text-only"].get(RATIO_METRIC), columns["SWIM"].get(RATIO_METRIC)
-    if text and swim is not None:
-        chance = references["chance"][RATIO_METRIC]
+    console.print(
+        metrics_table(table, f"Demo ablation: validation grounding, mean over seeds {seeds} ({sweep_dir})")
+    )
+    chance = references["chance"][RATIO_METRIC]
+    for seed, ratio in seed_ratios(runs).items():
+        text, swim = runs["text-only"][seed][RATIO_METRIC], runs["SWIM"][seed][RATIO_METRIC]
         console.print(
-            f"{RATIO_METRIC}: SWIM / text-only = {swim / text:.2f}x, SWIM / chance = {swim / chance:.1f}x"
+            f"seed {seed}: {RATIO_METRIC} text-only {text:.3f}, SWIM {swim:.3f}: "
+            f"SWIM / text-only = {ratio:.2f}x, SWIM / chance = {swim / chance:.1f}x"
         )
     return 0
 
