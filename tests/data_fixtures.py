@@ -11,6 +11,7 @@ import pytest
 from corrupt_corpus import rle, square_frames, square_masks, write_mp4
 from omegaconf import OmegaConf
 
+from swim.data.sample import DataConfig
 from swim.data.schema import Record, Turn
 from swim.model.backbone import build_processor
 
@@ -20,6 +21,10 @@ IMAGE_PAD_ID = 151655
 # corrupt_corpus's square video: 8 frames of 56 x 84 (h x w), a red square moving right.
 SQUARE_FRAMES = 8
 SQUARE_HW = (56, 84)
+# Sample knobs that keep the small test videos at their size (the square video: 2x3 tokens per cell).
+SMALL_CFG = DataConfig(
+    max_frames=8, min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28, image_max_pixels=16 * 28 * 28
+)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from data_fixtures import (  # noqa: F401
     IMAGE_PAD_ID,
+    SMALL_CFG,
     VIDEO_PAD_ID,
     processor,
     record,
@@ -21,11 +22,11 @@ from data_fixtures import (  # noqa: F401
 
 from swim.data.batch import SwimBatch
 from swim.data.collate import collate
-from swim.data.sample import DataConfig, Sample, SampleBuilder
+from swim.data.sample import Sample, SampleBuilder
 from swim.data.schema import Turn
 from swim.model.backbone import BackboneConfig, build_backbone
 
-CFG = DataConfig(max_frames=8, min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28, image_max_pixels=16 * 28 * 28)
+CFG = SMALL_CFG
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from data_fixtures import (  # noqa: F401
     IMAGE_PAD_ID,
+    SMALL_CFG,
     SQUARE_HW,
     VIDEO_PAD_ID,
     processor,
@@ -23,8 +24,7 @@ from data_fixtures import (  # noqa: F401
 from swim.data.sample import STAGES, DataConfig, SampleBuilder
 from swim.data.schema import SampleError, Turn
 
-# Keep the 56x84 square video at its size: 2x3 tokens per temporal cell.
-CFG = DataConfig(max_frames=8, min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28, image_max_pixels=16 * 28 * 28)
+CFG = SMALL_CFG
 ASK = Turn("user", "Describe the <ins>red square</ins>.", 0)
 SAY = Turn("assistant", "The <ins>red square</ins> slides right.")
 

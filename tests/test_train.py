@@ -181,22 +181,14 @@ def test_heatmap_panel_draws_attention_over_cells_next_to_the_mask():
     rows = [
         RowHeatmap(
             token_id=2518,
-            token_position=40,
+            token_position=position,
             phrase=0,
             instance=0,
             fused=attention,
             cell_masks=mask,
             cell_valid=torch.tensor([True, False]),
-        ),
-        RowHeatmap(
-            token_id=2518,
-            token_position=41,
-            phrase=0,
-            instance=0,
-            fused=attention,
-            cell_masks=mask,
-            cell_valid=torch.tensor([True, False]),
-        ),
+        )
+        for position in (40, 41)
     ]
     sample = SampleHeatmaps(sample_id="demo/0", grid=(2, 3, 4), rows=rows)
     picked = heatmap_rows([sample, sample], max_rows=4)
