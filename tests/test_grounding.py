@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sklearn import metrics
 
 from swim.data.batch import Supervision
 from swim.eval.grounding import (
@@ -87,7 +88,6 @@ def test_empty_mask_gives_nan_and_batched_scores_equal_single_ones():
 
 
 def test_ranking_scores_match_scikit_learn_with_ties():
-    metrics = pytest.importorskip("sklearn.metrics")
     generator = torch.Generator().manual_seed(0)
     pred = (torch.rand(6, 5, 5, generator=generator) * 4).round()
     mask = (torch.rand(6, 5, 5, generator=generator) > 0.6).float()
