@@ -38,7 +38,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from swim.train.report import (
         METRICS_FILE,
         build_report,
-        print_summary,
         scalar_metrics,
         write_metrics_json,
     )
@@ -79,7 +78,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         if trainer.is_global_zero:
             write_metrics_json(output_dir / METRICS_FILE, report)
-            print_summary(report)
         return report
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
@@ -103,8 +101,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``optimized_metric`` for sweepers (``None`` if it was not measured)."""
-    return train(cfg)["optimized_value"]
+    """Hydra entry point; returns ``optimized_metric`` for sweepers (``None`` if it was not measured).
+
+    The summary is printed here, after the task has closed W&B, so it is the last thing on screen.
+    """
+    report = train(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from swim.train.report import print_summary
+
+    if rank_zero_only.rank == 0:
+        print_summary(report)
+    return report["optimized_value"]
 
 
 if __name__ == "__main__":
