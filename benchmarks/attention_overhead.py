@@ -20,6 +20,10 @@ compares on the token grid, leaving the probe's own cost.
 A configuration whose estimated memory exceeds ``--budget-gb`` is skipped and says so.
 
     .venv/bin/python benchmarks/attention_overhead.py --lengths 4096 8192 16384
+    .venv/bin/python benchmarks/attention_overhead.py --configs ce swim --steps 6 --interleave
+
+``--interleave`` adds the b/a time ratio of ``ce`` and ``swim`` steps alternated on one model in
+this process, which a 2-core machine's noise affects much less than separate runs.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -119,53 +124,90 @@ def labelled_ce(model, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[torch
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep]), output
 
 
-def worker(config: str, length: int, steps: int, rows: int, resize: str) -> dict[str, float]:
-    """One configuration in this process: median step seconds and memory in GB."""
-    device = torch.device("cpu")
-    implementation = "eager" if config == "eager" else "sdpa"
-    model, _ = build_backbone(BackboneConfig(attn_implementation=implementation))
-    model.to(device).train()
-    model.model.visual.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    inputs, supervision = build_inputs(length, rows, device)
-    loss_cfg = LossConfig(layers=[1, 2, 3], resize=resize)
-    probe = AttentionProbe(model, loss_cfg.layers) if config == "swim" else None
-    request = probe_request(supervision)
+@dataclass
+class Bench:
+    """One model, its optimizer and inputs; ``step(config)`` runs one training step of a configuration."""
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: dict[str, torch.Tensor]
+    supervision: Supervision
+    loss_cfg: LossConfig
+    probe: AttentionProbe | None
+
+    @classmethod
+    def build(cls, length: int, rows: int, resize: str, *, eager: bool, probe: bool) -> Bench:
+        model, _ = build_backbone(BackboneConfig(attn_implementation="eager" if eager else "sdpa"))
+        model.train()
+        model.model.visual.requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        inputs, supervision = build_inputs(length, rows, torch.device("cpu"))
+        loss_cfg = LossConfig(layers=[1, 2, 3], resize=resize)
+        return cls(
+            model,
+            optimizer,
+            inputs,
+            supervision,
+            loss_cfg,
+            AttentionProbe(model, loss_cfg.layers) if probe else None,
+        )
+
+    def step(self, config: str) -> float:
+        """One forward, backward and optimizer step of ``config``; returns its seconds."""
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        request = probe_request(self.supervision)
         if config == "ce_stock":
-            loss = model(**inputs).loss
+            loss = self.model(**self.inputs).loss
         elif config == "ce":
-            loss, _ = labelled_ce(model, inputs)
+            loss, _ = labelled_ce(self.model, self.inputs)
         elif config == "swim":
-            with probe.capture(request) as maps:
-                text, _ = labelled_ce(model, inputs)
-            loss = composite_loss(text, attention_mask_loss(maps, supervision, loss_cfg).loss, loss_cfg)
+            with self.probe.capture(request) as maps:
+                text, _ = labelled_ce(self.model, self.inputs)
+            mask = attention_mask_loss(maps, self.supervision, self.loss_cfg).loss
+            loss = composite_loss(text, mask, self.loss_cfg)
         else:
-            text, output = labelled_ce(model, inputs, output_attentions=True)
+            text, output = labelled_ce(self.model, self.inputs, output_attentions=True)
             maps = {}
-            for layer in loss_cfg.layers:
+            for layer in self.loss_cfg.layers:
                 weights = output.attentions[layer].float().mean(dim=1)[request.row_sample, request.row_query]
                 maps[layer] = weights.gather(-1, request.key_index) * request.key_valid
-            loss = composite_loss(text, attention_mask_loss(maps, supervision, loss_cfg).loss, loss_cfg)
+            mask = attention_mask_loss(maps, self.supervision, self.loss_cfg).loss
+            loss = composite_loss(text, mask, self.loss_cfg)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
+        return time.perf_counter() - start
 
+
+def worker(config: str, length: int, steps: int, rows: int, resize: str) -> dict[str, float]:
+    """One configuration in this process: median step seconds and memory in GB."""
+    bench = Bench.build(length, rows, resize, eager=config == "eager", probe=config == "swim")
     rss_before = _current_rss_gb()
-    times = []
-    for index in range(steps + 1):
-        start = time.perf_counter()
-        step()
-        if index:
-            times.append(time.perf_counter() - start)
+    times = [bench.step(config) for _ in range(steps + 1)][1:]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return {
-        "tokens": int(inputs["input_ids"].shape[1]),
+        "tokens": int(bench.inputs["input_ids"].shape[1]),
         "step_s": statistics.median(times),
         "peak_gb": peak,
         "extra_gb": peak - rss_before,
     }
+
+
+def interleaved(length: int, steps: int, rows: int, resize: str) -> dict[str, float]:
+    """``ce`` and ``swim`` steps alternated on one model in this process: median seconds of each.
+
+    Machine noise (other processes, frequency changes) then hits both alike, which separate
+    processes measured one after the other do not guarantee. The probe stays installed throughout;
+    disarmed, it only forwards to the base kernel.
+    """
+    bench = Bench.build(length, rows, resize, eager=False, probe=True)
+    bench.step("ce")
+    bench.step("swim")
+    times: dict[str, list[float]] = {"ce": [], "swim": []}
+    for _ in range(steps):
+        for config in times:
+            times[config].append(bench.step(config))
+    return {config: statistics.median(values) for config, values in times.items()}
 
 
 def _current_rss_gb() -> float:
@@ -189,6 +231,11 @@ def main() -> None:
         choices=("pred_to_mask", "mask_to_pred"),
         default="pred_to_mask",
         help="loss.resize of the mask loss: pixel-resolution masks (the reference) or the token grid",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="also time ce and swim steps alternated in one process (time ratio only)",
     )
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,6 +288,16 @@ def main() -> None:
                 cells.append("n/a")
         ratios.add_row(str(length), *cells)
     console.print(ratios)
+
+    if args.interleave:
+        alternated = Table(title=f"b/a time, ce and swim steps alternated in one process ({args.steps} each)")
+        for column in ("length", "ce s", "swim s", "b/a"):
+            alternated.add_column(column, justify="right")
+        for length in args.lengths:
+            medians = interleaved(length, args.steps, args.rows, args.resize)
+            ratio = medians["swim"] / medians["ce"]
+            alternated.add_row(str(length), f"{medians['ce']:.2f}", f"{medians['swim']:.2f}", f"{ratio:.2f}x")
+        console.print(alternated)
 
 
 if __name__ == "__main__":
