@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from swim.data.batch import Supervision
 from swim.losses import LossConfig, attention_mask_loss, composite_loss, fuse_layers, pair_groups
+from swim.losses.mask_loss import pixel_pair_losses
+from swim.losses.resize import bilinear_resize, bilinear_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Bilinear 2 -> 4 upsampling (align_corners=False) along one axis, written out by hand.
@@ -115,6 +117,37 @@ def test_pred_to_mask_upsamples_the_prediction_bilinearly():
     torch.testing.assert_close(result.loss, expected, atol=1e-6, rtol=0)
     result.loss.backward()
     assert torch.isfinite(maps[1].grad).all()
+
+
+@pytest.mark.parametrize(
+    "size_in, size_out", [((2, 2), (4, 4)), ((7, 5), (98, 70)), ((6, 9), (25, 13)), ((8, 8), (3, 5))]
+)
+def test_bilinear_resize_equals_interpolate(size_in, size_out):
+    maps = torch.rand(3, *size_in, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(
+        maps[:, None], size=size_out, mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(bilinear_resize(maps, size_out), expected[:, 0], atol=1e-6, rtol=0)
+    weights = bilinear_weights(2, 4, device=torch.device("cpu"), dtype=torch.float32)
+    torch.testing.assert_close(weights, UPSAMPLE_2_TO_4)
+
+
+@pytest.mark.parametrize("kind", ["bce", "soft_iou", "dice"])
+def test_chunked_pixel_loss_equals_the_whole_computation(kind):
+    """Chunks of 2 pairs of 28 x 42 pixels, recomputed in backward, against one unchunked pass."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(7, 2, 3, generator=generator)
+    target = (torch.rand(7, 28, 42, generator=generator) > 0.6).float()
+    whole, chunked = base.clone().requires_grad_(), base.clone().requires_grad_()
+    expected = pixel_pair_losses(whole, target, kind, chunk_pixels=7 * 28 * 42)
+    result = pixel_pair_losses(chunked, target, kind, chunk_pixels=2 * 28 * 42)
+    torch.testing.assert_close(result, expected)
+    (expected * torch.arange(7.0)).sum().backward()
+    (result * torch.arange(7.0)).sum().backward()
+    torch.testing.assert_close(chunked.grad, whole.grad)
+    assert bool(chunked.grad[1:].abs().sum(dim=(1, 2)).gt(0).all())
+    with torch.no_grad():
+        torch.testing.assert_close(pixel_pair_losses(base, target, kind, chunk_pixels=2 * 28 * 42), expected)
 
 
 def test_only_valid_cells_make_pairs():

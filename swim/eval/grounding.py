@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -28,6 +27,7 @@ from torchmetrics.utilities import dim_zero_cat
 from swim.data.batch import Supervision
 from swim.losses.mask_loss import minmax_normalise
 from swim.losses.pairs import pair_groups
+from swim.losses.resize import bilinear_resize
 
 
 def metric_names(topk: Sequence[int] = (1, 5)) -> list[str]:
@@ -41,13 +41,6 @@ def metric_names(topk: Sequence[int] = (1, 5)) -> list[str]:
         "average_precision",
         "mass_in_mask",
     ]
-
-
-def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(N, h, w)`` -> ``(N, H, W)`` bilinear (identity when the sizes agree)."""
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def _centre_hits(mask: Tensor, h: int, w: int) -> Tensor:
@@ -126,7 +119,7 @@ def grounding_scores(
     empty = ~inside.flatten(1).any(dim=1)
     scores: dict[str, Tensor] = {}
 
-    normalised = _upsample(minmax_normalise(pred), size)
+    normalised = bilinear_resize(minmax_normalise(pred), size)
     binary = normalised >= threshold
     overlap = (binary & inside).flatten(1).sum(dim=1).float()
     union = (binary | inside).flatten(1).sum(dim=1).float()
@@ -143,7 +136,7 @@ def grounding_scores(
             scores[f"pointing_top{k}"] = centre.gather(1, index).any(dim=1).float()
 
     scores["roc_auc"], scores["average_precision"] = _ranking_scores(normalised.flatten(1), inside.flatten(1))
-    raw = _upsample(pred.clamp_min(0), size).flatten(1)
+    raw = bilinear_resize(pred.clamp_min(0), size).flatten(1)
     scores["mass_in_mask"] = (raw * inside.flatten(1)).sum(dim=1) / raw.sum(dim=1).clamp_min(
         torch.finfo(torch.float32).tiny
     )

@@ -7,14 +7,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from swim.data.batch import Supervision
 from swim.losses.config import LossConfig
 from swim.losses.fusion import fuse_layers
 from swim.losses.pairs import PairGroup, pair_groups
+from swim.losses.resize import bilinear_resize
 
 # Keeps the soft-IoU and Dice ratios finite when prediction and mask are both empty.
 RATIO_EPS = 1e-6
+# Upsampled pixels per chunk of pairs in the pixel-resolution loss (16 MiB per fp32 temporary).
+PIXEL_CHUNK = 1 << 22
 
 
 @dataclass
@@ -91,17 +95,47 @@ def mass_in_mask(cells: Tensor, masks: Tensor) -> Tensor:
     return inside / cells.sum(dim=(-2, -1)).clamp_min(torch.finfo(cells.dtype).tiny)
 
 
+def pixel_pair_losses(pred: Tensor, target: Tensor, kind: str, chunk_pixels: int = PIXEL_CHUNK) -> Tensor:
+    """Per-pair loss of token-grid predictions bilinearly upsampled to pixel-resolution masks.
+
+    Pairs are processed in chunks of about ``chunk_pixels`` upsampled pixels. With gradients, each
+    chunk's upsampled maps are recomputed in the backward pass (``torch.utils.checkpoint``) instead
+    of being kept, so the loss holds O(``chunk_pixels``) memory for any number of pairs and any
+    frame size; the values and gradients are those of the unchunked computation.
+
+    Args:
+        pred: ``(P, h, w)`` in [0, 1].
+        target: ``(P, H, W)`` in [0, 1].
+        kind: as in :func:`pair_losses`.
+        chunk_pixels: upsampled pixels per chunk.
+
+    Returns:
+        ``(P,)`` fp32.
+    """
+    size = (target.shape[-2], target.shape[-1])
+
+    def losses(pred_chunk: Tensor, target_chunk: Tensor) -> Tensor:
+        return pair_losses(bilinear_resize(pred_chunk, size), target_chunk, kind)
+
+    step = max(1, chunk_pixels // (size[0] * size[1]))
+    if pred.shape[0] <= step:
+        return losses(pred, target)
+    recompute = torch.is_grad_enabled() and pred.requires_grad
+    chunks = [
+        checkpoint(losses, pred[start : start + step], target[start : start + step], use_reentrant=False)
+        if recompute
+        else losses(pred[start : start + step], target[start : start + step])
+        for start in range(0, pred.shape[0], step)
+    ]
+    return torch.cat(chunks)
+
+
 def _group_loss(fused: Tensor, group: PairGroup, cfg: LossConfig) -> Tensor:
     """``(P,)`` per-pair loss of one group of pairs."""
     pred = minmax_normalise(group.gather(fused))
     if cfg.resize == "pred_to_mask":
-        target = group.pixel_masks
-        pred = F.interpolate(pred[:, None], size=target.shape[-2:], mode="bilinear", align_corners=False)[
-            :, 0
-        ]
-    else:
-        target = group.cell_masks
-    return pair_losses(pred, target, cfg.kind)
+        return pixel_pair_losses(pred, group.pixel_masks, cfg.kind)
+    return pair_losses(pred, group.cell_masks, cfg.kind)
 
 
 def stack_layer_maps(maps: dict[int, Tensor], layers: list[int]) -> Tensor:
