@@ -134,20 +134,23 @@ def test_bilinear_resize_equals_interpolate(size_in, size_out):
 
 @pytest.mark.parametrize("kind", ["bce", "soft_iou", "dice"])
 def test_chunked_pixel_loss_equals_the_whole_computation(kind):
-    """Chunks of 2 pairs of 28 x 42 pixels, recomputed in backward, against one unchunked pass."""
+    """Chunks of 2 pairs of 28 x 42 pixels, recomputed in backward, against one unchunked pass;
+    pairs 5 and 6 share the masks of pairs 0 and 3."""
     generator = torch.Generator().manual_seed(0)
     base = torch.rand(7, 2, 3, generator=generator)
-    target = (torch.rand(7, 28, 42, generator=generator) > 0.6).float()
+    masks = (torch.rand(5, 28, 42, generator=generator) > 0.6).float()
+    index = torch.tensor([0, 1, 2, 3, 4, 0, 3])
     whole, chunked = base.clone().requires_grad_(), base.clone().requires_grad_()
-    expected = pixel_pair_losses(whole, target, kind, chunk_pixels=7 * 28 * 42)
-    result = pixel_pair_losses(chunked, target, kind, chunk_pixels=2 * 28 * 42)
+    expected = pixel_pair_losses(whole, masks[index], torch.arange(7), kind, chunk_pixels=7 * 28 * 42)
+    result = pixel_pair_losses(chunked, masks, index, kind, chunk_pixels=2 * 28 * 42)
     torch.testing.assert_close(result, expected)
     (expected * torch.arange(7.0)).sum().backward()
     (result * torch.arange(7.0)).sum().backward()
     torch.testing.assert_close(chunked.grad, whole.grad)
     assert bool(chunked.grad[1:].abs().sum(dim=(1, 2)).gt(0).all())
     with torch.no_grad():
-        torch.testing.assert_close(pixel_pair_losses(base, target, kind, chunk_pixels=2 * 28 * 42), expected)
+        unrecorded = pixel_pair_losses(base, masks, index, kind, chunk_pixels=2 * 28 * 42)
+    torch.testing.assert_close(unrecorded, expected)
 
 
 def test_only_valid_cells_make_pairs():
@@ -175,23 +178,34 @@ def test_batch_without_supervision_gives_zero_connected_loss():
 
 
 def _reference_pair_loss(fused, supervision, cfg, row, cell):
-    """One pair, computed on its own with the loss's published definition."""
+    """One pair, computed on its own with the loss's published definition.
+
+    The upsampling is ``bilinear_resize``, checked against ``F.interpolate`` above: BCE clamps its
+    logs at -100, so a pixel of the min-max normalised map that is 1 in one and 1 - 6e-8 in the
+    other (float rounding) changes the loss by far more than rounding.
+    """
     _, h, w = supervision.grid[supervision.row_sample[row]].tolist()
     entries = fused[row, cell * h * w : (cell + 1) * h * w].view(h, w)
     pred = (entries - entries.min()) / (entries.max() - entries.min())
-    target = supervision.cell_masks[int(supervision.row_instance[row])][cell]
-    return torch.nn.functional.binary_cross_entropy(pred, target)
+    instance = int(supervision.row_instance[row])
+    if cfg.resize == "mask_to_pred":
+        return torch.nn.functional.binary_cross_entropy(pred, supervision.cell_masks[instance][cell])
+    target = supervision.pixel_masks[instance][cell]
+    return torch.nn.functional.binary_cross_entropy(bilinear_resize(pred, tuple(target.shape)), target)
 
 
-def test_vectorised_loss_equals_pair_by_pair_over_mixed_grids():
+@pytest.mark.parametrize("resize", ["mask_to_pred", "pred_to_mask"])
+def test_vectorised_loss_equals_pair_by_pair_over_mixed_grids(resize):
+    """Samples 0 and 2 share a grid (one group of two instances); rows 0 and 2 share instance 0."""
     generator = torch.Generator().manual_seed(0)
     grids = [(2, 2, 3), (2, 2, 2), (2, 2, 3)]
     cell_masks = [torch.rand(*grid, generator=generator) for grid in grids]
+    pixel_masks = [(torch.rand(t, 14 * h, 14 * w, generator=generator) > 0.5).float() for t, h, w in grids]
     valid = [[True, True], [False, True], [True, False]]
     rows = [(0, 30), (1, 31), (0, 32), (2, 40), (1, 35)]
-    supervision = _supervision(grids, rows, cell_masks, valid)
+    supervision = _supervision(grids, rows, cell_masks, valid, pixel_masks)
     maps = {layer: torch.rand(5, 12, generator=generator).softmax(-1) for layer in (0, 3)}
-    cfg = LossConfig(layers=[0, 3], resize="mask_to_pred")
+    cfg = LossConfig(layers=[0, 3], resize=resize)
     result = attention_mask_loss(maps, supervision, cfg)
     pairs = [(r, t) for r, (s, _) in enumerate(rows) for t, ok in enumerate(valid[s]) if ok]
     assert result.num_pairs == len(pairs) == 7

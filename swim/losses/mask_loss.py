@@ -95,36 +95,41 @@ def mass_in_mask(cells: Tensor, masks: Tensor) -> Tensor:
     return inside / cells.sum(dim=(-2, -1)).clamp_min(torch.finfo(cells.dtype).tiny)
 
 
-def pixel_pair_losses(pred: Tensor, target: Tensor, kind: str, chunk_pixels: int = PIXEL_CHUNK) -> Tensor:
+def pixel_pair_losses(
+    pred: Tensor, masks: Tensor, mask_index: Tensor, kind: str, chunk_pixels: int = PIXEL_CHUNK
+) -> Tensor:
     """Per-pair loss of token-grid predictions bilinearly upsampled to pixel-resolution masks.
 
-    Pairs are processed in chunks of about ``chunk_pixels`` upsampled pixels. With gradients, each
-    chunk's upsampled maps are recomputed in the backward pass (``torch.utils.checkpoint``) instead
-    of being kept, so the loss holds O(``chunk_pixels``) memory for any number of pairs and any
-    frame size; the values and gradients are those of the unchunked computation.
+    Pair ``p`` is compared with ``masks[mask_index[p]]``, so pairs that share a mask (the rows of one
+    instance) share its memory. Pairs are processed in chunks of about ``chunk_pixels`` upsampled
+    pixels; with gradients, each chunk's upsampled maps are recomputed in the backward pass
+    (``torch.utils.checkpoint``) instead of being kept. The loss thus holds O(``chunk_pixels``)
+    memory for any number of pairs and any frame size, with the values and gradients of the
+    unchunked computation.
 
     Args:
         pred: ``(P, h, w)`` in [0, 1].
-        target: ``(P, H, W)`` in [0, 1].
+        masks: ``(M, H, W)`` in [0, 1].
+        mask_index: ``(P,)`` long, entries of ``masks``.
         kind: as in :func:`pair_losses`.
         chunk_pixels: upsampled pixels per chunk.
 
     Returns:
         ``(P,)`` fp32.
     """
-    size = (target.shape[-2], target.shape[-1])
+    size = (masks.shape[-2], masks.shape[-1])
 
-    def losses(pred_chunk: Tensor, target_chunk: Tensor) -> Tensor:
-        return pair_losses(bilinear_resize(pred_chunk, size), target_chunk, kind)
+    def losses(pred_chunk: Tensor, index_chunk: Tensor) -> Tensor:
+        return pair_losses(bilinear_resize(pred_chunk, size), masks[index_chunk], kind)
 
     step = max(1, chunk_pixels // (size[0] * size[1]))
     if pred.shape[0] <= step:
-        return losses(pred, target)
+        return losses(pred, mask_index)
     recompute = torch.is_grad_enabled() and pred.requires_grad
     chunks = [
-        checkpoint(losses, pred[start : start + step], target[start : start + step], use_reentrant=False)
+        checkpoint(losses, pred[start : start + step], mask_index[start : start + step], use_reentrant=False)
         if recompute
-        else losses(pred[start : start + step], target[start : start + step])
+        else losses(pred[start : start + step], mask_index[start : start + step])
         for start in range(0, pred.shape[0], step)
     ]
     return torch.cat(chunks)
@@ -134,7 +139,7 @@ def _group_loss(fused: Tensor, group: PairGroup, cfg: LossConfig) -> Tensor:
     """``(P,)`` per-pair loss of one group of pairs."""
     pred = minmax_normalise(group.gather(fused))
     if cfg.resize == "pred_to_mask":
-        return pixel_pair_losses(pred, group.pixel_masks, cfg.kind)
+        return pixel_pair_losses(pred, group.pixel_cells, group.pixel_index, cfg.kind)
     return pair_losses(pred, group.cell_masks, cfg.kind)
 
 

@@ -26,7 +26,9 @@ class PairGroup:
         cells: ``(P,)`` long, temporal cell of each pair.
         instances: ``(P,)`` long, instance of each pair.
         cell_masks: ``(P, h, w)`` float, the cell's ground truth on the token grid.
-        pixel_masks: ``(P, H, W)`` float, the cell's ground truth at frame resolution, or ``None``.
+        pixel_cells: ``(M, H, W)`` float, every cell of the group's instances at frame resolution
+            (``M`` = instances x ``T``), or ``None``; pairs of one instance and cell share an entry.
+        pixel_index: ``(P,)`` long, each pair's entry of ``pixel_cells``, or ``None``.
     """
 
     grid: tuple[int, int, int]
@@ -34,11 +36,19 @@ class PairGroup:
     cells: Tensor
     instances: Tensor
     cell_masks: Tensor
-    pixel_masks: Tensor | None
+    pixel_cells: Tensor | None = None
+    pixel_index: Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
         return int(self.rows.numel())
+
+    @property
+    def pixel_masks(self) -> Tensor | None:
+        """``(P, H, W)`` each pair's ground truth at frame resolution (a copy), or ``None``."""
+        if self.pixel_cells is None or self.pixel_index is None:
+            return None
+        return self.pixel_cells[self.pixel_index]
 
     def gather(self, maps: Tensor) -> Tensor:
         """Each pair's cell of per-row visual maps.
@@ -144,9 +154,10 @@ def pair_groups(supervision: Supervision, *, with_pixel_masks: bool = False) -> 
             continue
         pair_local = local[pair_row]
         cell_masks = torch.stack([supervision.cell_masks[i] for i in instance_list])[pair_local, cells]
-        pixel_masks = None
+        pixel_cells = pixel_index = None
         if with_pixel_masks:
-            pixel_masks = torch.stack([supervision.pixel_masks[i] for i in instance_list])[pair_local, cells]
+            pixel_cells = torch.cat([supervision.pixel_masks[i] for i in instance_list]).float()
+            pixel_index = pair_local * key[0] + cells
         groups.append(
             PairGroup(
                 grid=(key[0], key[1], key[2]),
@@ -154,7 +165,8 @@ def pair_groups(supervision: Supervision, *, with_pixel_masks: bool = False) -> 
                 cells=cells,
                 instances=instances[pair_local],
                 cell_masks=cell_masks.float(),
-                pixel_masks=None if pixel_masks is None else pixel_masks.float(),
+                pixel_cells=pixel_cells,
+                pixel_index=pixel_index,
             )
         )
     return groups
