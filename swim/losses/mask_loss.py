@@ -17,8 +17,8 @@ from swim.losses.resize import bilinear_resize
 
 # Keeps the soft-IoU and Dice ratios finite when prediction and mask are both empty.
 RATIO_EPS = 1e-6
-# Upsampled pixels per chunk of pairs in the pixel-resolution loss (16 MiB per fp32 temporary).
-PIXEL_CHUNK = 1 << 22
+# Upsampled pixels per chunk of pairs in the pixel-resolution loss (4 MiB per fp32 temporary).
+PIXEL_CHUNK = 1 << 20
 
 
 @dataclass
