@@ -240,6 +240,12 @@ def test_mask_loss_errors_name_what_is_wrong():
     maps, supervision, cfg = _single_case()
     with pytest.raises(ValueError, match="8"):
         attention_mask_loss({1: maps[1][:, :5]}, supervision, cfg)
+    maps, supervision, cfg = _single_case(resize="pred_to_mask")
+    supervision.pixel_masks[0] = torch.zeros(2, 0, 4)
+    with pytest.raises(
+        ValueError, match=r"pixel_masks has shape \(2, 0, 4\), expected \(2, H, W\) with H, W > 0"
+    ):
+        attention_mask_loss(maps, supervision, cfg)
 
 
 def test_composite_loss_and_config():

@@ -97,11 +97,11 @@ def _check_instances(supervision: Supervision, with_pixel_masks: bool) -> None:
             )
         if with_pixel_masks:
             pixel = supervision.pixel_masks[index]
-            if pixel.dim() != 3 or pixel.shape[0] != expected[0]:
+            if pixel.dim() != 3 or pixel.shape[0] != expected[0] or pixel.shape[1:].numel() == 0:
                 raise ValueError(
                     f"supervision instance {index} (sample {sample}): pixel_masks has shape "
                     f"{tuple(pixel.shape)}, "
-                    f"expected ({expected[0]}, H, W)"
+                    f"expected ({expected[0]}, H, W) with H, W > 0"
                 )
 
 

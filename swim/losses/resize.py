@@ -19,19 +19,22 @@ def bilinear_weights(size_in: int, size_out: int, *, device: torch.device, dtype
     Output pixel ``i`` samples the input at ``(i + 0.5) * size_in / size_out - 0.5`` (clamped at 0)
     and mixes the two nearest input pixels (the last one repeated at the border).
 
+    The weights are computed in float64 on the CPU (any accelerator, whatever its float64 support)
+    and then moved.
+
     Returns:
-        ``(size_out, size_in)``; each row sums to 1.
+        ``(size_out, size_in)`` on ``device`` in ``dtype``; each row sums to 1.
     """
-    centres = torch.arange(size_out, device=device, dtype=torch.float64) + 0.5
+    centres = torch.arange(size_out, dtype=torch.float64) + 0.5
     source = (centres * size_in / size_out - 0.5).clamp_min(0)
     low = source.floor().long().clamp_max(size_in - 1)
     high = (low + 1).clamp_max(size_in - 1)
     frac = source - low
-    weights = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
-    rows = torch.arange(size_out, device=device)
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    rows = torch.arange(size_out)
     weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
     weights.index_put_((rows, high), frac, accumulate=True)
-    return weights.to(dtype)
+    return weights.to(device=device, dtype=dtype)
 
 
 def bilinear_resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
