@@ -170,4 +170,5 @@ def test_train_py_help_and_cfg_job():
     assert "hydra" not in cfg
     result = run_train_py(["--help"])
     assert "strategy: auto, ddp, deepspeed_zero2, deepspeed_zero3, deepspeed_zero3_offload" in result.stdout
-    assert "experiment: demo_swim, demo_text_only, swim_7b" in result.stdout
+    experiments = "experiment: demo_reference, demo_swim, demo_text_only, swim_7b, swim_7b_reference"
+    assert experiments in result.stdout

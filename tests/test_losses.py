@@ -46,10 +46,14 @@ def _supervision(
 
 
 # One sample, grid (T=2, h=2, w=2), one row. Cell 0 of the map is [[0.1, 0.3], [0.2, 0.4]] (min-max
-# normalised: [[0, 2/3], [1/3, 1]]), its mask [[0, 1], [0, 1]]; cell 1 has no ground truth.
+# normalised: [[0, 2/3], [1/3, 1]], then squeezed into [s, 1 - s]), its mask [[0, 1], [0, 1]]; cell 1
+# has no ground truth.
+SQUEEZE = LossConfig(layers=[1]).squeeze
 CELL0 = torch.tensor([0.1, 0.3, 0.2, 0.4])
-NORMALISED = torch.tensor([[0.0, 2 / 3], [1 / 3, 1.0]])
+UNIT = [0.0, 2 / 3, 1 / 3, 1.0]
+NORMALISED = SQUEEZE + (1 - 2 * SQUEEZE) * torch.tensor([[0.0, 2 / 3], [1 / 3, 1.0]])
 MASK = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+P = [SQUEEZE + (1 - 2 * SQUEEZE) * u for u in UNIT]
 
 
 def _single_case(kind: str = "bce", resize: str = "mask_to_pred", invalid_cell_mask: float = 0.0):
@@ -88,9 +92,9 @@ def test_product_fusion_is_stable_with_tiny_probabilities():
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        ("bce", (0.0 - math.log(2 / 3) - math.log(2 / 3) + 0.0) / 4),
-        ("soft_iou", 1 - (5 / 3) / (2 + 2 - 5 / 3)),
-        ("dice", 1 - 2 * (5 / 3) / (2 + 2)),
+        ("bce", -(math.log(1 - P[0]) + math.log(P[1]) + math.log(1 - P[2]) + math.log(P[3])) / 4),
+        ("soft_iou", 1 - (P[1] + P[3]) / (sum(P) + 2 - P[1] - P[3])),
+        ("dice", 1 - 2 * (P[1] + P[3]) / (sum(P) + 2)),
     ],
 )
 def test_mask_to_pred_losses_by_hand(kind, expected):
@@ -112,8 +116,8 @@ def test_pred_to_mask_upsamples_the_prediction_bilinearly():
     result = attention_mask_loss(maps, supervision, cfg)
     up = UPSAMPLE_2_TO_4 @ NORMALISED @ UPSAMPLE_2_TO_4.T
     target = supervision.pixel_masks[0][0]
-    eps_log = lambda x: torch.log(x).clamp_min(-100)  # noqa: E731 (PyTorch's BCE clamps logs at -100)
-    expected = -(target * eps_log(up) + (1 - target) * eps_log(1 - up)).mean()
+    assert float(up.min()) > 0.0 and float(up.max()) < 1.0
+    expected = -(target * torch.log(up) + (1 - target) * torch.log(1 - up)).mean()
     torch.testing.assert_close(result.loss, expected, atol=1e-6, rtol=0)
     result.loss.backward()
     assert torch.isfinite(maps[1].grad).all()
@@ -178,20 +182,18 @@ def test_batch_without_supervision_gives_zero_connected_loss():
 
 
 def _reference_pair_loss(fused, supervision, cfg, row, cell):
-    """One pair, computed on its own with the loss's published definition.
-
-    The upsampling is ``bilinear_resize``, checked against ``F.interpolate`` above: BCE clamps its
-    logs at -100, so a pixel of the min-max normalised map that is 1 in one and 1 - 6e-8 in the
-    other (float rounding) changes the loss by far more than rounding.
-    """
+    """One pair, computed on its own with the loss's published definition (``F.interpolate`` for
+    the upsampling: with the squeeze, float rounding moves the loss by rounding only)."""
     _, h, w = supervision.grid[supervision.row_sample[row]].tolist()
     entries = fused[row, cell * h * w : (cell + 1) * h * w].view(h, w)
-    pred = (entries - entries.min()) / (entries.max() - entries.min())
+    unit = (entries - entries.min()) / (entries.max() - entries.min())
+    pred = cfg.squeeze + (1 - 2 * cfg.squeeze) * unit
     instance = int(supervision.row_instance[row])
     if cfg.resize == "mask_to_pred":
         return torch.nn.functional.binary_cross_entropy(pred, supervision.cell_masks[instance][cell])
     target = supervision.pixel_masks[instance][cell]
-    return torch.nn.functional.binary_cross_entropy(bilinear_resize(pred, tuple(target.shape)), target)
+    up = torch.nn.functional.interpolate(pred[None, None], size=tuple(target.shape), mode="bilinear")
+    return torch.nn.functional.binary_cross_entropy(up[0, 0], target)
 
 
 @pytest.mark.parametrize("resize", ["mask_to_pred", "pred_to_mask"])

@@ -39,11 +39,13 @@ class Supervision:
         grid: ``(B, 3)`` long, the sample's video token grid ``(T, h, w)``; zeros without video.
         instance_sample: ``(N,)`` long, batch index of each instance's sample.
         cell_masks: ``N`` tensors ``(T, h, w)`` float in [0, 1]: the instance's ground truth per
-            temporal cell, area-downsampled to the token grid (the union over the cell's frames).
-        cell_valid: ``N`` tensors ``(T,)`` bool: whether the cell has an annotated frame. Invalid
+            temporal cell, area-downsampled to the token grid (``data.cell_rule``: by default the
+            union over the cell's annotated frames).
+        cell_valid: ``N`` tensors ``(T,)`` bool: whether the cell has ground truth. Invalid
             cells carry zeros and must not be supervised.
-        pixel_masks: ``N`` tensors ``(T, H, W)`` float in {0, 1} at the resized frame resolution,
-            or ``None`` when the data config does not ask for pixel masks.
+        pixel_masks: ``N`` tensors ``(T, H, W)`` float in {0, 1} at the resized frame resolution
+            (the video's own with ``data.mask_resolution=original``), or ``None`` when the data
+            config does not ask for pixel masks.
     """
 
     row_sample: Tensor

@@ -30,6 +30,7 @@ Query = Literal["predicting", "token"]
 
 VISUAL_PAD = {"video": "<|video_pad|>", "image": "<|image_pad|>"}
 END_OF_TURN = "<|im_end|>"
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
 IGNORE_INDEX = -100
 
 # Private-use characters bracket the sentinels that stand in for turn texts during rendering.
@@ -130,8 +131,12 @@ def render_chat(
     visual: Visual | None,
     file: str = "?",
     index: int = -1,
+    label_span: str = "answer",
 ) -> RenderedChat:
     """Render ``turns`` with ``processor.apply_chat_template``, keeping tag and answer spans.
+
+    ``label_span`` sets each answer span: ``answer`` (the answer and its ``<|im_end|>``) or
+    ``reference`` (also the ``<|im_start|>assistant\\n`` before it and the newline after it).
 
     The visual part goes into the turn that carries a ``visual_offset`` (split at that offset), or at
     the start of the first user turn if none does. Each text piece is rendered as a sentinel, then the
@@ -181,7 +186,7 @@ def render_chat(
                 pieces.append(_Piece(clean[start:end], inside, start, i, answer))
         messages.append({"role": turn.role, "content": parts[0]["text"] if answer else parts})
     template = processor.apply_chat_template(messages, tokenize=False)
-    return _fill_sentinels(template, pieces, visual)
+    return _fill_sentinels(template, pieces, visual, label_span)
 
 
 def _special_tokens(processor: Any) -> list[str]:
@@ -209,7 +214,9 @@ def _visual_cut(turn: Turn) -> int:
     return len(_TAG.sub("", turn.text[: turn.visual_offset]))
 
 
-def _fill_sentinels(template: str, pieces: Sequence[_Piece], visual: Visual | None) -> RenderedChat:
+def _fill_sentinels(
+    template: str, pieces: Sequence[_Piece], visual: Visual | None, label_span: str = "answer"
+) -> RenderedChat:
     out: list[str] = []
     length = 0
     cursor = 0
@@ -232,7 +239,15 @@ def _fill_sentinels(template: str, pieces: Sequence[_Piece], visual: Visual | No
         if piece.answer:
             if not template.startswith(END_OF_TURN, match.end()):
                 raise ValueError(f"chat template does not close an assistant turn with {END_OF_TURN}")
-            answers.append((length, length + len(piece.text) + len(END_OF_TURN)))
+            start, end = length, length + len(piece.text) + len(END_OF_TURN)
+            if label_span == "reference":
+                if not head.endswith(ASSISTANT_HEADER):
+                    raise ValueError(
+                        f"chat template does not open an assistant turn with {ASSISTANT_HEADER!r}"
+                    )
+                start -= len(ASSISTANT_HEADER)
+                end += int(template.startswith("\n", match.end() + len(END_OF_TURN)))
+            answers.append((start, end))
         out.append(piece.text)
         length += len(piece.text)
         cursor = match.end()

@@ -13,6 +13,15 @@ from typing import Any
 from swim.data.frames import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, VIDEO_TOTAL_PIXELS
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+#: The reference's system prompt (METHOD.md section 9), needed to evaluate the published SWIM-7B.
+REFERENCE_SYSTEM_PROMPT = (
+    "You are Qwen, a helpful assistant with global scene understanding, capable of grounding "
+    "user-specified text to the corresponding object instance in the image and providing "
+    "fine-grained analysis based on visual evidence."
+)
+CELL_RULES = ("union", "reference")
+LABEL_SPANS = ("answer", "reference")
+MASK_RESOLUTIONS = ("frame", "original")
 
 
 @dataclass
@@ -30,6 +39,14 @@ class DataConfig:
         query: supervised row of a tagged token at position p: ``predicting`` (p - 1, the query that
             predicts the token, the reference's behaviour) or ``token`` (p).
         pixel_masks: also carry ``(T, H, W)`` pixel masks (needed by the ``pred_to_mask`` loss).
+        cell_rule: ground truth of temporal cell ``t`` (sampled frames ``2t``, ``2t+1``): ``union``
+            of its annotated frames' masks, or ``reference``: the mask of frame ``2t+1`` if
+            annotated, else of frame 0 if frame 0 is annotated (the reference's "no mask"
+            sentinel), else none.
+        label_span: CE labels of an assistant turn: ``answer`` (its tokens and ``<|im_end|>``) or
+            ``reference`` (also ``<|im_start|>assistant\\n`` before and the newline after).
+        mask_resolution: size of the pixel masks: ``frame`` (the resized frame) or ``original``
+            (the video's own size, to which the reference upsamples its prediction).
         strict: raise on the first bad sample instead of counting and skipping it.
         max_length: longest sequence in tokens (visual tokens included); longer samples are rejected
             (``too_long``), never truncated.
@@ -46,6 +63,9 @@ class DataConfig:
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     query: str = "predicting"
     pixel_masks: bool = True
+    cell_rule: str = "union"
+    label_span: str = "answer"
+    mask_resolution: str = "frame"
     strict: bool = False
     max_length: int = 16384
     default_fps: float = 4.0
@@ -54,6 +74,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.query not in ("predicting", "token"):
             raise ValueError(f"data.query={self.query!r}: expected 'predicting' or 'token'")
+        for name, allowed in (
+            ("cell_rule", CELL_RULES),
+            ("label_span", LABEL_SPANS),
+            ("mask_resolution", MASK_RESOLUTIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"data.{name}={getattr(self, name)!r}: expected one of {allowed}")
         if self.max_frames < 2:
             raise ValueError(
                 f"data.max_frames={self.max_frames}: expected >= 2 (two frames per temporal cell)"

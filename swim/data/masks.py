@@ -267,8 +267,9 @@ class InstanceMasks:
 
     Attributes:
         cell_masks: ``(T, h, w)`` float in [0, 1], fraction of each token cell covered by the mask.
-        cell_valid: ``(T,)`` bool, whether the cell has at least one annotated frame of its two.
-        pixel_masks: ``(T, H, W)`` float in {0, 1} at the resized frame size, or ``None``.
+        cell_valid: ``(T,)`` bool, whether the cell has ground truth under the cell rule.
+        pixel_masks: ``(T, H, W)`` float in {0, 1} at the resized frame size (or the video's own
+            size with ``mask_resolution="original"``), or ``None``.
     """
 
     cell_masks: torch.Tensor
@@ -283,6 +284,8 @@ def instance_cell_masks(
     resized_hw: tuple[int, int],
     *,
     pixel_masks: bool,
+    cell_rule: str = "union",
+    mask_resolution: str = "frame",
     num_frames: int | None = None,
     decoded: Mapping[int, np.ndarray] | None = None,
     file: str = "?",
@@ -297,6 +300,10 @@ def instance_cell_masks(
         video_hw: the video's ``(height, width)``.
         resized_hw: the resized frame ``(H, W)``, multiples of 28.
         pixel_masks: also return the ``(T, H, W)`` pixel masks.
+        cell_rule: ``union`` (cell ``t`` is the union of its annotated frames ``2t``, ``2t+1``) or
+            ``reference`` (frame ``2t+1`` if annotated, else frame 0 if annotated, else invalid).
+        mask_resolution: pixel masks at the resized frame size (``frame``, ``(T, H, W)``) or at
+            the video's own size (``original``, ``(T, *video_hw)``).
         num_frames: the video's frame count; annotated frames beyond it raise ``frame_out_of_range``.
         decoded: masks already decoded by :func:`decode_frame_masks` (not decoded again).
         file, index, field: where the annotation came from, for errors.
@@ -324,20 +331,48 @@ def instance_cell_masks(
             raise ValueError(f"decoded masks lack annotated sampled frames {missing}")
 
     steps = len(frame_indices) // 2
+    cell_frames = [
+        cell_mask_frames(frame_indices[2 * t : 2 * t + 2], decoded, cell_rule) for t in range(steps)
+    ]
     union = np.zeros((steps, out_h, out_w), dtype=bool)
-    valid = torch.zeros(steps, dtype=torch.bool)
     resized: dict[int, np.ndarray] = {}
-    for t in range(steps):
-        for frame in dict.fromkeys(frame_indices[2 * t : 2 * t + 2]):
-            if frame not in decoded:
-                continue
+    for t, frames in enumerate(cell_frames):
+        for frame in frames:
             if frame not in resized:
                 resized[frame] = resize_mask_nearest(decoded[frame], out_h, out_w)
             union[t] |= resized[frame]
-            valid[t] = True
+    valid = torch.tensor([bool(frames) for frames in cell_frames], dtype=torch.bool)
     pixels = torch.from_numpy(union)
+    if pixel_masks and mask_resolution == "original":
+        original = np.zeros((steps, *video_hw), dtype=bool)
+        for t, frames in enumerate(cell_frames):
+            for frame in frames:
+                original[t] |= decoded[frame].astype(bool)
+        pixel = torch.from_numpy(original).float()
+    elif mask_resolution not in ("frame", "original"):
+        raise ValueError(f"mask_resolution={mask_resolution!r}: expected 'frame' or 'original'")
+    else:
+        pixel = pixels.float()
     return InstanceMasks(
-        cell_masks=cell_area(pixels),
-        cell_valid=valid,
-        pixel_masks=pixels.float() if pixel_masks else None,
+        cell_masks=cell_area(pixels), cell_valid=valid, pixel_masks=pixel if pixel_masks else None
     )
+
+
+def cell_mask_frames(pair: Sequence[int], decoded: Mapping[int, Any], cell_rule: str) -> list[int]:
+    """The annotated frames whose masks form one temporal cell's ground truth.
+
+    Args:
+        pair: the cell's two sampled frame indices ``(2t, 2t+1)``.
+        decoded: the instance's masks by frame index (annotated sampled frames only).
+        cell_rule: ``union`` (every annotated frame of the pair) or ``reference`` (the reference's
+            rule: the second frame if annotated, else frame 0 if annotated, else none).
+
+    Returns:
+        Distinct frame indices, possibly none (an invalid cell).
+    """
+    if cell_rule == "union":
+        return [frame for frame in dict.fromkeys(pair) if frame in decoded]
+    if cell_rule == "reference":
+        sentinel = pair[-1] if pair[-1] in decoded else 0
+        return [sentinel] if sentinel in decoded else []
+    raise ValueError(f"cell_rule={cell_rule!r}: expected 'union' or 'reference'")

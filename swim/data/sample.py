@@ -167,6 +167,7 @@ class SampleBuilder:
                 visual=kind,
                 file=record.file,
                 index=record.index,
+                label_span=cfg.label_span,
             )
             ids, offsets, pad_index = tokenize_chat(chat, self.tokenizer)
         grid = self._grid(kind, clip)
@@ -297,6 +298,8 @@ class SampleBuilder:
                 clip.video_hw,
                 clip.resized_hw,
                 pixel_masks=self.cfg.pixel_masks,
+                cell_rule=self.cfg.cell_rule,
+                mask_resolution=self.cfg.mask_resolution,
                 num_frames=clip.num_frames,
                 file=record.file,
                 index=record.index,

@@ -9,6 +9,11 @@ QUERY_CONVENTIONS = ("predicting", "token")
 FUSIONS = ("product", "mean")
 RESIZES = ("pred_to_mask", "mask_to_pred")
 KINDS = ("bce", "soft_iou", "dice")
+MINMAXES = ("exact", "reference")
+RENORMALISATIONS = ("exact", "reference")
+CELL_RULES = ("union", "reference")
+LABEL_SPANS = ("answer", "reference")
+MASK_RESOLUTIONS = ("frame", "original")
 
 
 @dataclass
@@ -27,6 +32,23 @@ class LossConfig:
             reference), ``mask_to_pred`` uses the mask area-downsampled to the token grid.
         kind: per-pair loss: ``bce``, ``soft_iou`` or ``dice``.
         keep_heads: capture per-head maps (for analysis); the loss uses their head average.
+        causal: supervise the probabilities of the causal row (ours, what the model computes);
+            ``False`` takes the softmax over the whole row, future keys included, as the reference.
+        renormalise: the fusion's renormalisation: ``exact`` (ours) or ``reference``
+            (``sum + 1e-6``); see :func:`swim.losses.fusion.fuse_layers`.
+        minmax: per-cell normalisation: ``exact`` (ours, scale-invariant and squeezed into
+            ``[squeeze, 1 - squeeze]``) or ``reference`` (``range + 1e-6``); see
+            :mod:`swim.losses.mask_loss`.
+        squeeze: the ``exact`` normalisation's margin from 0 and 1.
+        cell_rule: ground truth of a temporal cell, built by the data pipeline (``data.cell_rule``
+            follows it): ``union`` of its annotated frames (ours) or ``reference`` (the second frame
+            only, frame 0 as the "no mask" sentinel).
+        label_span: CE labels, built by the data pipeline (``data.label_span`` follows it):
+            ``answer`` (answer tokens and ``<|im_end|>``, ours) or ``reference`` (also
+            ``<|im_start|>assistant\\n`` and the newline after ``<|im_end|>``).
+        mask_resolution: resolution of the pixel masks ``pred_to_mask`` compares with, built by the
+            data pipeline (``data.mask_resolution`` follows it): ``frame`` (the resized frame, ours)
+            or ``original`` (the video's own size, the reference).
     """
 
     text_weight: float = 0.05
@@ -37,16 +59,31 @@ class LossConfig:
     resize: str = "pred_to_mask"
     kind: str = "bce"
     keep_heads: bool = False
+    causal: bool = True
+    renormalise: str = "exact"
+    minmax: str = "exact"
+    squeeze: float = 1e-3
+    cell_rule: str = "union"
+    label_span: str = "answer"
+    mask_resolution: str = "frame"
 
     def __post_init__(self) -> None:
         self.layers = [int(layer) for layer in self.layers]
         self.text_weight = float(self.text_weight)
         self.mask_weight = float(self.mask_weight)
+        self.squeeze = float(self.squeeze)
+        if not 0.0 < self.squeeze < 0.5:
+            raise ValueError(f"loss.squeeze={self.squeeze}: expected 0 < squeeze < 0.5")
         for name, allowed in (
             ("query", QUERY_CONVENTIONS),
             ("fusion", FUSIONS),
             ("resize", RESIZES),
             ("kind", KINDS),
+            ("renormalise", RENORMALISATIONS),
+            ("minmax", MINMAXES),
+            ("cell_rule", CELL_RULES),
+            ("label_span", LABEL_SPANS),
+            ("mask_resolution", MASK_RESOLUTIONS),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -1,4 +1,21 @@
-"""The SWIM attention-mask loss (METHOD.md section 4)."""
+"""The SWIM attention-mask loss (METHOD.md section 4).
+
+Per (row, valid temporal cell) pair, the fused map's ``(h, w)`` cell is normalised to a prediction
+strictly inside (0, 1), brought to the mask's resolution and compared with the mask.
+
+The normalisation (``loss.minmax``):
+
+- ``exact`` (ours, the default): ``p = s + (1 - 2 s) * (x - min) / (max - min)`` with the squeeze
+  ``s = loss.squeeze`` (default 1e-3). The min-max ratio is invariant to the map's scale (no
+  absolute epsilon: a cell whose range is 1e-12 is normalised like one whose range is 1), and the
+  affine squeeze keeps every prediction in ``[s, 1 - s]``, so BCE never meets its log clamp (-100)
+  and its backward never divides by ``p (1 - p)`` near 0 (at most ``1 / (s (1 - s))``). Bilinear
+  upsampling mixes predictions convexly and stays inside the same interval. A constant cell (no
+  range) predicts 0.5 everywhere and passes no gradient.
+- ``reference``: ``(x - min) / (max - min + 1e-6)``, the reference code's formula. Its epsilon is
+  absolute: cells whose range is far below 1e-6 (six fused layers of a 7B model) are squashed to
+  ~0, and exact zeros meet BCE's clamp. For reproducing the reference only.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +28,16 @@ from torch.utils.checkpoint import checkpoint
 
 from swim.data.batch import Supervision
 from swim.losses.config import LossConfig
-from swim.losses.fusion import fuse_layers
+from swim.losses.fusion import fuse_layers, upcast
 from swim.losses.pairs import PairGroup, pair_groups
 from swim.losses.resize import bilinear_resize
 
 # Keeps the soft-IoU and Dice ratios finite when prediction and mask are both empty.
 RATIO_EPS = 1e-6
+# The reference code's absolute epsilon in the min-max denominator (``loss.minmax=reference``).
+REFERENCE_MINMAX_EPS = 1e-6
+# A constant cell's prediction under ``loss.minmax=exact``.
+CONSTANT_CELL = 0.5
 # Upsampled pixels per chunk of pairs in the pixel-resolution loss (4 MiB per fp32 temporary).
 PIXEL_CHUNK = 1 << 20
 
@@ -41,18 +62,29 @@ class AttentionLossOutput:
     fused_mass_in_mask: Tensor | None = None
 
 
-def minmax_normalise(maps: Tensor) -> Tensor:
-    """Min-max normalise each map to [0, 1].
+def minmax_normalise(maps: Tensor, squeeze: float = 1e-3, mode: str = "exact") -> Tensor:
+    """Normalise each map into (0, 1) by its own range (see the module docstring).
 
     Args:
         maps: ``(P, h, w)``.
+        squeeze: ``s`` of the ``exact`` mode: predictions lie in ``[s, 1 - s]``; ``0 < s < 0.5``.
+        mode: ``exact`` (scale-invariant, squeezed) or ``reference`` (``range + 1e-6``).
 
     Returns:
-        ``(P, h, w)``; a constant map becomes all zeros.
+        ``(P, h, w)`` in the maps' dtype.
     """
     low = maps.amin(dim=(-2, -1), keepdim=True)
-    high = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    if mode == "reference":
+        return (maps - low) / (span + REFERENCE_MINMAX_EPS)
+    if mode != "exact":
+        raise ValueError(f"loss.minmax={mode!r}: expected 'exact' or 'reference'")
+    if not 0.0 < squeeze < 0.5:
+        raise ValueError(f"loss.squeeze={squeeze}: expected 0 < squeeze < 0.5")
+    constant = span <= 0
+    unit = (maps - low) / torch.where(constant, torch.ones_like(span), span)
+    unit = torch.where(constant, torch.full_like(unit, CONSTANT_CELL), unit)
+    return squeeze + (1.0 - 2.0 * squeeze) * unit
 
 
 def pair_losses(pred: Tensor, target: Tensor, kind: str) -> Tensor:
@@ -68,8 +100,8 @@ def pair_losses(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     Returns:
         ``(P,)`` fp32.
     """
-    pred = pred.float()
-    target = target.float()
+    pred = upcast(pred)
+    target = target.to(pred.dtype)
     if kind == "bce":
         return F.binary_cross_entropy(pred, target, reduction="none").mean(dim=(-2, -1))
     overlap = (pred * target).sum(dim=(-2, -1))
@@ -137,7 +169,7 @@ def pixel_pair_losses(
 
 def _group_loss(fused: Tensor, group: PairGroup, cfg: LossConfig) -> Tensor:
     """``(P,)`` per-pair loss of one group of pairs."""
-    pred = minmax_normalise(group.gather(fused))
+    pred = minmax_normalise(group.gather(fused), cfg.squeeze, cfg.minmax)
     if cfg.resize == "pred_to_mask":
         return pixel_pair_losses(pred, group.pixel_cells, group.pixel_index, cfg.kind)
     return pair_losses(pred, group.cell_masks, cfg.kind)
@@ -158,7 +190,7 @@ def stack_layer_maps(maps: dict[int, Tensor], layers: list[int]) -> Tensor:
         raise ValueError(f"no captured attention for supervised layers {missing} (captured: {sorted(maps)})")
     return torch.stack(
         [
-            maps[layer].float().mean(dim=1) if maps[layer].dim() == 3 else maps[layer].float()
+            upcast(maps[layer]).mean(dim=1) if maps[layer].dim() == 3 else upcast(maps[layer])
             for layer in layers
         ]
     )
@@ -172,7 +204,8 @@ def attention_mask_loss(
     For each (row, its instance, valid temporal cell ``t``): the fused map's entries of cell ``t``
     as ``(h, w)``, min-max normalised within the cell, compared with the cell's mask at the pixel
     resolution (``pred_to_mask``: bilinear upsampling of the prediction) or the token grid
-    (``mask_to_pred``: the area-downsampled mask), by ``cfg.kind``; the mean over all pairs.
+    (``mask_to_pred``: the area-downsampled mask), by ``cfg.kind``; the mean over all pairs. The
+    normalisation is ``cfg.minmax`` with ``cfg.squeeze`` (:func:`minmax_normalise`).
 
     Args:
         maps: per supervised layer ``(R, K)`` (or ``(R, heads, K)``) probabilities of each row at its
@@ -195,7 +228,7 @@ def attention_mask_loss(
     valid = torch.arange(num_keys, device=stacked.device)[None, :] < sizes[:, None]
 
     with torch.autocast(device_type=stacked.device.type, enabled=False):
-        fused = fuse_layers(stacked, valid, cfg.fusion)
+        fused = fuse_layers(stacked, valid, cfg.fusion, cfg.renormalise)
         groups = pair_groups(supervision, with_pixel_masks=cfg.resize == "pred_to_mask")
         num_pairs = sum(group.num_pairs for group in groups)
         if num_pairs == 0:

@@ -193,7 +193,13 @@ class SwimModule(LightningModule):
         supervision = batch.supervision
         armed = capture and self.probe is not None and supervision.num_rows > 0
         if armed:
-            context = self.probe.capture(probe_request(supervision, query=self.loss_cfg.query))
+            request = probe_request(
+                supervision,
+                query=self.loss_cfg.query,
+                causal=self.loss_cfg.causal,
+                key_mask=batch.attention_mask,
+            )
+            context = self.probe.capture(request)
         else:
             context = nullcontext({})
         with context as maps:

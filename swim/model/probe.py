@@ -32,6 +32,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_f
 from transformers.utils.generic import is_flash_attention_requested
 
 from swim.data.batch import Supervision
+from swim.losses.fusion import upcast
 
 PROBE_PREFIX = "swim_probe"
 QUERY_CONVENTIONS = ("predicting", "token")
@@ -48,28 +49,46 @@ class ProbeRequest:
         key_index: ``(R, K)`` long, sequence positions of the row's sample's visual tokens, padded
             with 0 up to ``K`` (the largest visual span of the batch's rows).
         key_valid: ``(R, K)`` bool, which entries of ``key_index`` are real.
+        causal: softmax over each row's causal keys (what the model computes); ``False``: over the
+            whole row, future keys included (the reference code's recomputation).
+        key_mask: ``(B, L)`` the batch's padding mask (1 = real token); the only mask of a
+            non-causal row (``None``: no padding).
     """
 
     row_sample: Tensor
     row_query: Tensor
     key_index: Tensor
     key_valid: Tensor
+    causal: bool = True
+    key_mask: Tensor | None = None
 
     @property
     def num_rows(self) -> int:
         return int(self.row_query.numel())
 
     def to(self, device: torch.device | str) -> ProbeRequest:
-        return ProbeRequest(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {
+            f.name: value.to(device) if isinstance(value := getattr(self, f.name), Tensor) else value
+            for f in fields(self)
+        }
+        return ProbeRequest(**moved)
 
 
-def probe_request(supervision: Supervision, *, query: str | None = None) -> ProbeRequest:
+def probe_request(
+    supervision: Supervision,
+    *,
+    query: str | None = None,
+    causal: bool = True,
+    key_mask: Tensor | None = None,
+) -> ProbeRequest:
     """The probe request of a batch's supervision.
 
     Args:
         supervision: the batch's attention supervision (``R`` rows).
         query: ``None`` uses ``supervision.row_query`` as given; ``predicting`` uses the row before
             the tagged token (``row_token - 1``), ``token`` the tagged token's own row.
+        causal: see :class:`ProbeRequest`.
+        key_mask: ``(B, L)`` padding mask, needed for non-causal rows of a padded batch.
 
     Returns:
         A request whose row ``r`` has keys ``visual_start[s] + arange(T*h*w)`` of its sample ``s``
@@ -102,7 +121,14 @@ def probe_request(supervision: Supervision, *, query: str | None = None) -> Prob
     offsets = torch.arange(num_keys, device=row_sample.device)
     key_valid = offsets[None, :] < sizes[:, None]
     key_index = torch.where(key_valid, starts[:, None] + offsets[None, :], torch.zeros_like(offsets)[None, :])
-    return ProbeRequest(row_sample=row_sample, row_query=row_query, key_index=key_index, key_valid=key_valid)
+    return ProbeRequest(
+        row_sample=row_sample,
+        row_query=row_query,
+        key_index=key_index,
+        key_valid=key_valid,
+        causal=causal,
+        key_mask=key_mask,
+    )
 
 
 def row_attention(
@@ -114,6 +140,8 @@ def row_attention(
     row_slot: Tensor,
     max_rows: int,
     scaling: float,
+    causal: bool = True,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Softmax attention probabilities of selected query rows over their full causal row, in fp32.
 
@@ -129,9 +157,13 @@ def row_attention(
         row_slot: ``(R,)`` long rank of the row among its sample's rows (``< max_rows``).
         max_rows: the largest number of rows of one sample.
         scaling: the score scale (``head_dim ** -0.5``).
+        causal: ``False`` ignores ``attention_mask`` and takes the softmax over every unpadded key
+            of the row, future ones included (the reference code's rows).
+        key_mask: ``(B, L)`` padding mask (1 = real) of a non-causal row; ``None``: no padding.
 
     Returns:
-        ``(R, Hq, L)`` fp32 probabilities; entries outside the causal, unpadded row are 0.
+        ``(R, Hq, L)`` fp32 probabilities; entries outside the causal (or, with ``causal=False``,
+        the whole), unpadded row are 0.
     """
     batch, num_heads, length, head_dim = query.shape
     num_kv_heads = key.shape[1]
@@ -142,17 +174,21 @@ def row_attention(
             f"key length {key.shape[2]} (a KV cache is in use)"
         )
     num_rows = row_query.numel()
-    rows = query[row_sample, :, row_query].float()
-    padded = query.new_zeros(batch, max_rows, num_heads, head_dim, dtype=torch.float32)
+    rows = upcast(query[row_sample, :, row_query])
+    padded = query.new_zeros(batch, max_rows, num_heads, head_dim, dtype=rows.dtype)
     padded = padded.index_put((row_sample, row_slot), rows)
     grouped = padded.view(batch, max_rows, num_kv_heads, groups, head_dim).permute(0, 2, 3, 1, 4)
     grouped = grouped.reshape(batch, num_kv_heads, groups * max_rows, head_dim)
-    scores = torch.matmul(grouped, key.float().transpose(-1, -2)) * scaling
+    scores = torch.matmul(grouped, upcast(key).transpose(-1, -2)) * scaling
     scores = scores.view(batch, num_kv_heads, groups, max_rows, length).permute(0, 3, 1, 2, 4)
     scores = scores[row_sample, row_slot].reshape(num_rows, num_heads, length)
 
     positions = torch.arange(length, device=query.device)
-    if attention_mask is None or attention_mask.dim() == 2:
+    if not causal:
+        if key_mask is not None:
+            allowed = key_mask[row_sample].bool()
+            scores = scores.masked_fill(~allowed[:, None, :], torch.finfo(torch.float32).min)
+    elif attention_mask is None or attention_mask.dim() == 2:
         allowed = positions[None, :] <= row_query[:, None]
         if attention_mask is not None:
             allowed = allowed & attention_mask[row_sample].bool()
@@ -163,7 +199,7 @@ def row_attention(
         if mask_rows.dtype == torch.bool:
             scores = scores.masked_fill(~mask_rows[:, None, :], torch.finfo(torch.float32).min)
         else:
-            scores = scores + mask_rows.float()[:, None, :]
+            scores = scores + mask_rows.to(scores.dtype)[:, None, :]
     else:
         raise ValueError(f"unexpected attention mask of shape {tuple(attention_mask.shape)}")
     return torch.softmax(scores, dim=-1)
@@ -328,7 +364,7 @@ class AttentionProbe:
                 )
         with torch.autocast(device_type=query.device.type, enabled=False), _keep_saved_tensors():
             if num_rows == 0:
-                anchor = query.flatten()[:1].float().sum() * 0.0
+                anchor = upcast(query.flatten()[:1]).sum() * 0.0
                 shape = (0, query.shape[1], num_keys) if self.keep_heads else (0, num_keys)
                 return anchor.expand(shape)
             probs = row_attention(
@@ -340,6 +376,8 @@ class AttentionProbe:
                 armed.row_slot,
                 armed.max_rows,
                 scaling,
+                causal=request.causal,
+                key_mask=request.key_mask,
             )
             if self.keep_heads:
                 index = request.key_index[:, None, :].expand(num_rows, probs.shape[1], num_keys)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from swim.losses import AttentionLossOutput
+from swim.losses.fusion import upcast
 
 IGNORE_INDEX = -100
 
@@ -26,13 +27,14 @@ def labelled_cross_entropy(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -
         lm_head: ``D -> V`` projection.
 
     Returns:
-        The mean CE over the ``M`` labelled next tokens (fp32 scalar; 0, still attached to the LM
-        head, when ``M = 0``) and ``M``. The LM head sees ``(M, D)``, never ``(B, L, D)``.
+        The mean CE over the ``M`` labelled next tokens (a scalar in at least fp32; 0, still
+        attached to the LM head, when ``M = 0``) and ``M``. The LM head sees ``(M, D)``, never
+        ``(B, L, D)``.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     logits = lm_head(hidden[:, :-1][keep])
-    total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    total = F.cross_entropy(upcast(logits), targets[keep], reduction="sum")
     count = int(keep.sum())
     return total / max(count, 1), count
 

@@ -32,7 +32,7 @@ from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
 
-EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM"}
+EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM", "demo_reference": "SWIM (reference)"}
 #: The headline metric whose SWIM / text-only ratio the table adds.
 RATIO_METRIC = "val/pointing_game"
 #: Per experiment label, per seed, a run's headline validation metrics.

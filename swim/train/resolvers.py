@@ -5,7 +5,10 @@
 - ``${swim.run_name:}``: in a multirun ``<job num>-<overrides>`` (e.g. ``1-loss.mask_weight=0.5``),
   in a single run the run dir's name.
 
-Both read ``HydraConfig`` and therefore only resolve inside a Hydra app (or after
+- ``${swim.reference_prompt:}``: the reference implementation's system prompt
+  (:data:`swim.data.config.REFERENCE_SYSTEM_PROMPT`), for ``experiment=swim_7b_reference``.
+
+The first two read ``HydraConfig`` and therefore only resolve inside a Hydra app (or after
 ``HydraConfig().set_config(cfg)`` in tests).
 """
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+
+from swim.data.config import REFERENCE_SYSTEM_PROMPT
 
 
 def sweep_group() -> str | None:
@@ -37,6 +42,11 @@ def run_name() -> str:
 
 def register_resolvers() -> None:
     """Register the resolvers once per process (idempotent)."""
-    for name, fn in (("swim.sweep_group", sweep_group), ("swim.run_name", run_name)):
+    resolvers = (
+        ("swim.sweep_group", sweep_group),
+        ("swim.run_name", run_name),
+        ("swim.reference_prompt", lambda: REFERENCE_SYSTEM_PROMPT),
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
