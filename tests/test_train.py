@@ -259,10 +259,11 @@ def test_ablation_table_averages_seeds_and_puts_text_only_and_swim_side_by_side(
     found = ablation_runs(tmp_path)
     assert found["SWIM"] == {"1": {"val/pointing_game": 0.5}, "2": {"val/pointing_game": 0.6}}
     columns = ablation_columns(found)
-    assert list(columns) == ["text-only", "SWIM", "SWIM - text-only"]
+    assert list(columns) == ["text-only", "SWIM"]
     assert columns["text-only"]["val/pointing_game"] == pytest.approx(0.2)
-    assert columns["SWIM - text-only"]["val/pointing_game"] == pytest.approx(0.35)
+    assert columns["SWIM"]["val/pointing_game"] == pytest.approx(0.55)
     assert seed_ratios(found) == {"1": pytest.approx(2.0), "2": pytest.approx(4.0)}
+    assert seed_ratios(found, over="SWIM (reference)") == {}
     (tmp_path / "1" / "metrics.json").unlink()
     with pytest.raises(RuntimeError, match=r"1: the demo_swim run has no metrics \(failed\)"):
         ablation_runs(tmp_path)

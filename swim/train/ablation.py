@@ -1,14 +1,17 @@
 """The demo ablation: text-only vs SWIM training on the synthetic demo, grounding side by side.
 
-    python -m swim.train.ablation [--seeds 42 1 2] [hydra overrides for both runs]
-    make demo-ablation ARGS="--seeds 42 1 2"
+    python -m swim.train.ablation [--seeds 42 1 2 3 4] [hydra overrides for every run]
+    make demo-ablation ARGS="--seeds 42 1 2 3 4"
 
-Runs one multirun of ``train.py`` over ``experiment=demo_text_only,demo_swim`` (same data, model,
-steps and seed; only the loss differs), then prints each run's validation grounding metrics
-(fused attention of the tagged words vs the GT masks) in one table with the difference and the
-ratio, between two reference points on the same validation split: ``chance`` (a uniform map) and
-``oracle`` (the ground-truth mask at the token grid, the best a token-level map can score). The
-multirun dir also holds the sweep summary, both runs' checkpoints and W&B offline runs.
+Runs one multirun of ``train.py`` over ``experiment=demo_text_only,demo_swim,demo_reference`` (same
+data, model, steps and seed; only the loss differs: none, ours, the reference code's exactly),
+then prints each run's validation grounding metrics (fused attention of the tagged words vs the GT
+masks) in one table, between reference points on the same validation split: ``chance`` (a
+uniform map), a training-free baseline (the text-only model's best 3 heads, chosen on the
+training split by attention mass inside the mask: :mod:`swim.eval.heads`) and ``oracle`` (the
+ground-truth mask at the token grid, the best a token-level map can score); then every seed's
+pointing game. The multirun dir also holds the sweep summary, the runs' checkpoints and W&B
+offline runs.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ from rich.console import Console
 
 from swim.data.datamodule import SwimDataModule
 from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
+from swim.eval.heads import best_heads, head_mass_in_mask, heads_grounding
 from swim.model.backbone import BackboneConfig, load_processor
-from swim.model.module import VAL_METRIC_NAMES
+from swim.model.module import VAL_METRIC_NAMES, SwimModule
 from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
 
 EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM", "demo_reference": "SWIM (reference)"}
+#: The training-free column: the text-only model's best heads.
+HEADS = "text-only, best 3 heads"
+#: How many heads the baseline averages, and how many training samples choose them.
+NUM_HEADS = 3
+SELECTION_SAMPLES = 128
 #: The headline metric whose SWIM / text-only ratio the table adds.
 RATIO_METRIC = "val/pointing_game"
 #: Per experiment label, per seed, a run's headline validation metrics.
@@ -46,9 +55,10 @@ def run_ablation(sweep_dir: Path, overrides: list[str], seeds: list[int]) -> int
         sys.executable,
         str(REPO / "train.py"),
         "-m",
+        # Seed first: Hydra varies the last sweep override fastest, so each seed's runs finish together.
+        *([f"seed={','.join(map(str, seeds))}"] if seeds else []),
         f"experiment={','.join(EXPERIMENTS)}",
         f"hydra.sweep.dir={sweep_dir}",
-        *([f"seed={','.join(map(str, seeds))}"] if seeds else []),
         *overrides,
     ]
     return subprocess.run(command, cwd=REPO, check=False).returncode
@@ -56,7 +66,7 @@ def run_ablation(sweep_dir: Path, overrides: list[str], seeds: list[int]) -> int
 
 def ablation_runs(sweep_dir: Path) -> Runs:
     """Per experiment label, per seed (the job's ``seed=`` override, ``default`` without one), the run's
-    headline validation metrics.
+    headline validation metrics; labels without a run (``SWIM (reference)``) are left out.
 
     Raises:
         RuntimeError: a run is missing or has no metrics (the error names its job dir).
@@ -73,10 +83,50 @@ def ablation_runs(sweep_dir: Path) -> Runs:
         runs[EXPERIMENTS[experiment]][values.get("seed", "default")] = {
             key: value for key, value in job.metrics.items() if key.startswith("val/") and is_headline(key)
         }
-    missing = [label for label, seeds in runs.items() if not seeds]
+    missing = [label for label in ("text-only", "SWIM") if not runs[label]]
     if missing:
         raise RuntimeError(f"{sweep_dir}: no finished run for {missing}")
-    return runs
+    return {label: seeds for label, seeds in runs.items() if seeds}
+
+
+def text_only_jobs(sweep_dir: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Per seed, the finished text-only job's dir and overrides."""
+    jobs = {}
+    for job in collect_jobs(sweep_dir):
+        values = dict(o.split("=", 1) for o in job.overrides if "=" in o)
+        if values.get("experiment") == "demo_text_only" and job.status == "finished":
+            jobs[values.get("seed", "default")] = (sweep_dir / job.job, job.overrides)
+    return jobs
+
+
+def head_baseline(
+    job_dir: Path, overrides: list[str]
+) -> tuple[dict[str, float | None], list[tuple[int, int]]]:
+    """The text-only run's best heads (chosen on training samples) scored on the validation split.
+
+    Returns:
+        The headline validation metrics (``val/...`` names) and the chosen (layer, head) pairs.
+    """
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    module = SwimModule.load_from_checkpoint(
+        job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    module.model.eval()
+    datamodule = SwimDataModule(cfg.data, processor=module.processor)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    selection, seen = [], 0
+    for batch in datamodule.train_dataloader():
+        selection.append(batch)
+        seen += batch.batch_size
+        if seen >= SELECTION_SAMPLES:
+            break
+    query = str(cfg.loss.query)
+    heads = best_heads(head_mass_in_mask(module, selection, query), NUM_HEADS)
+    metrics = heads_grounding(module, datamodule.val_dataloader(), heads, query)
+    named = {f"val/{VAL_METRIC_NAMES.get(key, key)}": value for key, value in metrics.items()}
+    return {key: value for key, value in named.items() if is_headline(key)}, heads
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -87,7 +137,7 @@ def _mean(values: list[float | None]) -> float | None:
 def ablation_columns(
     runs: dict[str, dict[str, dict[str, float | None]]],
 ) -> dict[str, dict[str, float | None]]:
-    """Per experiment label, each metric's mean over seeds, plus ``SWIM - text-only``."""
+    """Per column label, each metric's mean over seeds."""
     columns = {
         label: {
             key: _mean([metrics.get(key) for metrics in seeds.values()])
@@ -95,23 +145,21 @@ def ablation_columns(
         }
         for label, seeds in runs.items()
     }
-    text, swim = columns["text-only"], columns["SWIM"]
-    columns["SWIM - text-only"] = {
-        key: None if text.get(key) is None or swim.get(key) is None else swim[key] - text[key]
-        for key in swim.keys() | text.keys()
-    }
     return columns
 
 
 def seed_ratios(
-    runs: dict[str, dict[str, dict[str, float | None]]], metric: str = RATIO_METRIC
+    runs: dict[str, dict[str, dict[str, float | None]]],
+    metric: str = RATIO_METRIC,
+    over: str = "text-only",
+    of: str = "SWIM",
 ) -> dict[str, float]:
-    """Per seed run in both experiments, SWIM's ``metric`` over text-only's (seeds where it is defined)."""
+    """Per seed run in both columns, ``of``'s ``metric`` over ``over``'s (seeds where it is defined)."""
     ratios = {}
-    for seed, swim in runs["SWIM"].items():
-        text = runs["text-only"].get(seed, {}).get(metric)
-        if text and swim.get(metric) is not None:
-            ratios[seed] = swim[metric] / text
+    for seed, numerator in runs.get(of, {}).items():
+        denominator = runs.get(over, {}).get(seed, {}).get(metric)
+        if denominator and numerator.get(metric) is not None:
+            ratios[seed] = numerator[metric] / denominator
     return ratios
 
 
@@ -173,19 +221,35 @@ def main(argv: list[str] | None = None) -> int:
             Console(stderr=True).print(f"[red]train.py failed ({status}); see {sweep_dir}[/]")
             return status
     runs = ablation_runs(sweep_dir)
+    runs[HEADS] = {}
+    chosen = {}
+    for seed, (job_dir, job_overrides) in text_only_jobs(sweep_dir).items():
+        runs[HEADS][seed], chosen[seed] = head_baseline(job_dir, job_overrides)
     references = reference_columns(args.overrides)
-    table = {"chance": references["chance"], **ablation_columns(runs), "oracle": references["oracle"]}
+    order = ["text-only", HEADS, "SWIM (reference)", "SWIM"]
+    columns = ablation_columns({label: runs[label] for label in order if runs.get(label)})
+    table = {"chance": references["chance"], **columns, "oracle": references["oracle"]}
     seeds = ", ".join(sorted(runs["SWIM"]))
     console = Console()
     console.print(
         metrics_table(table, f"Demo ablation: validation grounding, mean over seeds {seeds} ({sweep_dir})")
     )
     chance = references["chance"][RATIO_METRIC]
-    for seed, ratio in seed_ratios(runs).items():
-        text, swim = runs["text-only"][seed][RATIO_METRIC], runs["SWIM"][seed][RATIO_METRIC]
+    for seed in sorted(runs["SWIM"]):
+        values = ", ".join(
+            f"{label} {runs[label][seed][RATIO_METRIC]:.3f}"
+            for label in order
+            if runs.get(label, {}).get(seed, {}).get(RATIO_METRIC) is not None
+        )
+        ratios = [
+            f"SWIM / {over} = {ratio:.2f}x"
+            for over in ("text-only", HEADS, "SWIM (reference)")
+            if (ratio := seed_ratios(runs, over=over).get(seed)) is not None
+        ]
+        swim = runs["SWIM"][seed][RATIO_METRIC]
         console.print(
-            f"seed {seed}: {RATIO_METRIC} text-only {text:.3f}, SWIM {swim:.3f}: "
-            f"SWIM / text-only = {ratio:.2f}x, SWIM / chance = {swim / chance:.1f}x"
+            f"seed {seed}: {RATIO_METRIC} {values}; {', '.join(ratios)}, "
+            f"SWIM / chance = {swim / chance:.1f}x; heads (layer, head) {chosen.get(seed)}"
         )
     return 0
 
