@@ -16,6 +16,16 @@ Sampling rules pick among the records of the file, before validation, so the rep
 
 ``weight`` is the source's relative draw weight per record for a weighted sampler
 (:meth:`Mixture.sample_weights`); the default sequential or shuffled sampler ignores it.
+
+Exact duplicates (records equal but for their position, after normalisation; across the sources
+of one mixture too) are counted per source in the report; with ``dedupe`` only the first copy is
+kept.
+
+In the config, a split's ``sources`` is a mapping keyed by source name (so one source is dropped
+with ``'~data.train.sources.llava_video'`` or set to ``null``); a list of configs with ``name``
+fields is accepted too (:func:`source_configs`). A source whose file does not exist is a
+:class:`MissingSourceError` naming it, unless it is marked ``optional: true``: it is then left out
+with a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import math
 import re
 import zlib
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +65,7 @@ class SourceConfig:
         sampling: ``all``, ``first:N``, ``end:N`` or ``random:N``; N may be a percentage.
         supervise: attention supervision for this source's records (False: text loss only).
         weight: relative per-record draw weight for a weighted sampler.
+        optional: a missing file leaves the source out with a warning instead of an error.
     """
 
     name: str
@@ -64,6 +75,7 @@ class SourceConfig:
     sampling: str = "all"
     supervise: bool = True
     weight: float = 1.0
+    optional: bool = False
 
     @classmethod
     def from_any(cls, value: SourceConfig | dict[str, Any]) -> SourceConfig:
@@ -91,6 +103,50 @@ class SourceConfig:
         parse_sampling(self.sampling, 1, seed=0, name=self.name)
         if not (self.weight >= 0 and math.isfinite(self.weight)):
             raise ValueError(f"source {self.name!r}: weight={self.weight!r}; expected a finite number >= 0")
+
+
+class MissingSourceError(FileNotFoundError):
+    """A (non-optional) mixture source whose annotation file does not exist."""
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(
+            f"data source {config.name!r}: annotation file {config.path} does not exist "
+            "(fix its path, drop the source, or mark it optional: true to skip it)"
+        )
+        self.config = config
+
+
+SourcesLike = Mapping[str, Any] | Sequence[SourceConfig | Mapping[str, Any]]
+
+
+def source_configs(sources: SourcesLike | None) -> list[SourceConfig]:
+    """The source configs of a split, in order, from a mapping keyed by name or a list.
+
+    A mapping entry takes its key as ``name`` (an explicit ``name`` must agree); ``null`` entries
+    are dropped.
+
+    Raises:
+        ValueError: an entry that is not a mapping, a name that disagrees with its key, unknown keys.
+    """
+    if sources is None:
+        return []
+    if isinstance(sources, Mapping):
+        configs = []
+        for name, entry in sources.items():
+            if entry is None:
+                continue
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"source {name!r}: expected a mapping of SourceConfig fields, got {entry!r}")
+            if entry.get("name", name) != name:
+                raise ValueError(f"source {name!r}: its name field says {entry['name']!r}; drop one of them")
+            configs.append(SourceConfig.from_any({**entry, "name": str(name)}))
+        return configs
+    return [SourceConfig.from_any(s if isinstance(s, SourceConfig) else dict(s)) for s in sources]
+
+
+def missing_sources(configs: Sequence[SourceConfig]) -> list[SourceConfig]:
+    """The sources whose annotation file does not exist."""
+    return [c for c in configs if not Path(c.path).is_file()]
 
 
 def parse_sampling(rule: str, n: int, *, seed: int, name: str) -> np.ndarray:
@@ -125,6 +181,8 @@ class SourceReport:
     """What one source gave: records in the file, sampled, kept, and rejected by reason.
 
     ``examples`` holds, per reason, the first few rejections as ``str(Rejection)`` lines.
+    ``duplicates`` counts the sampled valid records that repeat an earlier record of the mixture
+    exactly (dropped, and not in ``kept``, with ``dedupe``); ``duplicate_examples`` names the first.
     """
 
     name: str
@@ -135,6 +193,8 @@ class SourceReport:
     kept: int
     rejected: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    duplicates: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,51 +258,105 @@ class Mixture(Sequence[Record]):
 
 
 def build_mixture(
-    sources: Sequence[SourceConfig | dict[str, Any]],
+    sources: SourcesLike,
     *,
     seed: int,
     cache_dir: str | Path,
     strict: bool,
     check_files: bool = True,
+    dedupe: bool = False,
 ) -> Mixture:
     """Validate (or read from the cache) every source, apply its sampling rule, and mix.
 
     Args:
-        sources: the source configs, in order.
+        sources: the source configs, in order (see :func:`source_configs`).
         seed: seed of the ``random:`` sampling rules.
         cache_dir: root of the records cache (``<cache_dir>/records/<key>``).
         strict: raise :class:`RecordError` for the first rejected record among the sampled ones
             instead of counting it.
         check_files: stat media paths during validation (part of the cache key).
+        dedupe: keep only the first copy of records that are exact duplicates (they are counted
+            either way).
 
     Raises:
         ValueError: a bad source config (duplicate name, unknown format or sampling rule).
-        FileNotFoundError: a source file that does not exist.
+        MissingSourceError: a source file that does not exist (not raised for an optional source).
         RecordError: in strict mode, naming file, record index, field and reason.
     """
-    configs = [SourceConfig.from_any(s) for s in sources]
+    configs = source_configs(sources)
+    for config in missing_sources(configs):
+        if not config.optional:
+            raise MissingSourceError(config)
+        log.warning("data source %r: %s does not exist; optional, so left out", config.name, config.path)
+    configs = [c for c in configs if Path(c.path).is_file()]
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"mixture sources must have unique names; repeated: {duplicates}")
     built, reports = [], []
+    first: dict[str, str] = {}  # digest -> "source record i" of its first copy
     for config in configs:
         config.validate()
-        path = Path(config.path).absolute()
-        video_root = Path(config.video_root) if config.video_root is not None else path.parent
-        folder = build_source_cache(
-            path, fmt=config.format, video_root=video_root, cache_dir=cache_dir, check_files=check_files
-        )
+        path = str(Path(config.path).absolute())
+        folder = source_cache(config, cache_dir=cache_dir, check_files=check_files)
         status = read_status(folder)
         picked = parse_sampling(config.sampling, status.num_rows, seed=seed, name=config.name)
         rows = status.column("row").to_numpy()[picked]
         rejected = picked[rows < 0]
         if strict and len(rejected):
-            raise RecordError(_rejection(status, int(rejected[0]), str(path)))
-        reports.append(_report(config, folder, status, picked, rejected, str(path)))
-        built.append(_Source(config, RecordStore(folder, str(path)), _compact(rows[rows >= 0])))
-        log.info("source %s: %s", config.name, _summary(reports[-1]))
+            raise RecordError(_rejection(status, int(rejected[0]), path))
+        report = _report(config, folder, status, picked, rejected, path)
+        copies = _duplicates(config.name, status, picked[rows >= 0], first, report)
+        if copies:
+            log.warning(
+                "source %s: %d exact duplicate record(s), %s (first: %s)",
+                config.name,
+                len(copies),
+                "dropped (data.dedupe)" if dedupe else "kept",
+                report.duplicate_examples[0],
+            )
+        keep = rows >= 0
+        if dedupe and copies:
+            keep &= ~np.isin(picked, np.asarray(copies, dtype=np.int64))
+            report.kept -= len(copies)
+        reports.append(report)
+        built.append(_Source(config, RecordStore(folder, path), _compact(rows[keep])))
+        log.info("source %s: %s", config.name, _summary(report))
     return Mixture(built, reports)
+
+
+def source_cache(config: SourceConfig, *, cache_dir: str | Path, check_files: bool = True) -> Path:
+    """The validated-records cache folder of one source (built on first use; ``swim.data.cache``).
+
+    Raises:
+        AnnotationFileError: the file is not a JSON array or JSON Lines as a whole.
+    """
+    path = Path(config.path).absolute()
+    video_root = Path(config.video_root) if config.video_root is not None else path.parent
+    return build_source_cache(
+        path, fmt=config.format, video_root=video_root, cache_dir=cache_dir, check_files=check_files
+    )
+
+
+def _duplicates(
+    name: str, status: Any, valid: np.ndarray, first: dict[str, str], report: SourceReport
+) -> list[int]:
+    """Positions among ``valid`` (sampled, kept) whose record repeats an earlier one; fills ``report``."""
+    digests = status.column("digest").to_pylist()
+    indices = status.column("index").to_pylist()
+    copies = []
+    for position in valid.tolist():
+        digest, where = digests[position], f"{name} record {indices[position]}"
+        if digest not in first:
+            first[digest] = where
+            continue
+        copies.append(position)
+        if len(report.duplicate_examples) < EXAMPLES_PER_REASON:
+            report.duplicate_examples.append(
+                f"{report.path}: record {indices[position]} repeats {first[digest]}"
+            )
+    report.duplicates = len(copies)
+    return copies
 
 
 def _compact(rows: np.ndarray) -> range | np.ndarray:
@@ -280,6 +394,8 @@ def _report(
 
 def _summary(report: SourceReport) -> str:
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(report.rejected.items()))
-    return f"{report.in_file} in file, {report.sampled} sampled, {report.kept} kept" + (
-        f", rejected: {rejected}" if rejected else ""
+    return (
+        f"{report.in_file} in file, {report.sampled} sampled, {report.kept} kept"
+        + (f", rejected: {rejected}" if rejected else "")
+        + (f", {report.duplicates} exact duplicates" if report.duplicates else "")
     )
