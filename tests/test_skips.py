@@ -6,7 +6,9 @@ batches stepped over, validation skips logged)."""
 # ruff: noqa: F811  (pytest fixtures imported from data_fixtures are re-bound as test arguments)
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +160,61 @@ def test_module_steps_over_placeholders_and_logs_validation_skips(processor: Any
     metrics = trainer.callback_metrics
     assert float(metrics["val/skipped_records/corrupt_video"]) == 2
     assert float(metrics["val/num_samples"]) == 1
+
+
+@pytest.mark.slow
+def test_train_py_counts_match_the_doctor(corpus: dict[str, Any], tmp_path: Path) -> None:
+    """One epoch of train.py over the corrupt corpus: metrics.json and W&B carry the doctor's counts."""
+    from test_train import train_in_process
+    from train_fixtures import FAST, read_wandb_run
+
+    from swim.data.inspect import main
+
+    source = f"{{c: {{path: {corpus['path']}}}}}"
+    overrides = [
+        *FAST,
+        "data.demo_dir=null",
+        f"paths.cache_dir={corpus['folder'] / 'cache'}",
+        "~data.train.sources",
+        "~data.val.sources",
+        "~data.bench.sources",
+        f"+data.train.sources={source}",
+        f"+data.val.sources={source}",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1.0",
+        "trainer.num_sanity_val_steps=0",
+        "logger=wandb",
+    ]
+    report = train_in_process(overrides, tmp_path / "run")
+    doctor = tmp_path / "doctor.json"
+    assert (
+        main(
+            [
+                str(corpus["path"]),
+                "--cache-dir",
+                str(corpus["folder"] / "cache"),
+                "--deep",
+                "--json",
+                str(doctor),
+            ]
+        )
+        == 0
+    )
+    failed = json.loads(doctor.read_text())["splits"]["file"][0]["load"]["failed"]
+    expected = {f"skipped_records/{reason}": float(n) for reason, n in failed.items()}
+    assert expected == {k: float(v) for k, v in corpus["skips"].items()}
+    fit = {
+        k.removeprefix("data/"): v for k, v in report["fit"].items() if k.startswith("data/skipped_records/")
+    }
+    val = {
+        k.removeprefix("val/"): v
+        for k, v in report["validate"].items()
+        if k.startswith("val/skipped_records/")
+    }
+    assert fit == expected and val == expected
+    # The grounding metrics count the supervised samples: the two good ones with masks (not llava_0).
+    assert report["validate"]["val/num_samples"] == 2
+    (wandb_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    history = read_wandb_run(wandb_dir).history_keys
+    assert {f"data/{k}" for k in expected} <= history and {f"val/{k}" for k in expected} <= history
