@@ -151,7 +151,7 @@ class SwimModule(LightningModule):
         self._heatmap_ids: list[str] | None = None
         self._epoch_maps: dict[str, SampleHeatmaps] = {}
         self._val_samples_seen = 0
-        self._val_skipped: Counter[str] = Counter()
+        self._val_counters: Counter[str] = Counter()
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -323,7 +323,7 @@ class SwimModule(LightningModule):
 
     def validation_step(self, batch: SwimBatch, batch_idx: int) -> None:
         """Losses, grounding metrics of the fused and per-layer maps, and heatmap snapshots."""
-        self._val_skipped.update(batch.counters)
+        self._val_counters.update(batch.counters)
         step = self.forward_losses(batch, capture=True)
         if batch.placeholder:
             return
@@ -373,9 +373,9 @@ class SwimModule(LightningModule):
             self._heatmap_ids = list(self._epoch_maps)
         self.last_val_maps = [self._epoch_maps[i] for i in self._heatmap_ids if i in self._epoch_maps]
         self._val_samples_seen = 0
-        for name, count in skipped_records(self._val_skipped, self.trainer.world_size).items():
+        for name, count in skipped_records(self._val_counters, self.trainer.world_size).items():
             self.log(f"val/{name}", float(count))
-        self._val_skipped.clear()
+        self._val_counters.clear()
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
