@@ -104,11 +104,22 @@ def test_swim_7b_experiment_is_the_paper_recipe(tmp_path: Path):
     strategy = cfg.strategy
     assert strategy._target_ == "lightning.pytorch.strategies.DeepSpeedStrategy"
     assert (strategy.stage, strategy.offload_parameters, strategy.offload_optimizer) == (3, True, True)
-    assert any(source.name.startswith("nl_refer_d") for source in cfg.data.train.sources)
+    assert any(name.startswith("nl_refer_d") for name in cfg.data.train.sources)
     # Data and checkpoint paths are one override each.
     cfg = compose_train(["experiment=swim_7b", "model.backbone.path=/m/qwen7b", "data.root=/d/nl"], tmp_path)
     assert cfg.model.backbone.path == "/m/qwen7b"
-    assert cfg.data.train.sources[0].path.startswith("/d/nl/")
+    assert cfg.data.train.sources.nl_refer_d_1.path.startswith("/d/nl/")
+
+
+def test_a_source_is_dropped_or_redirected_by_name(tmp_path: Path):
+    cfg = compose_train(["data=nl_refer", "~data.train.sources.llava_video"], tmp_path)
+    assert "llava_video" not in cfg.data.train.sources and "nl_refer_q" in cfg.data.train.sources
+    cfg = compose_train(["data=nl_refer", "data.train.sources.nl_refer_q.path=/x/q.json"], tmp_path)
+    assert cfg.data.train.sources.nl_refer_q.path == "/x/q.json"
+    demo = compose_train(
+        ["~data.train.sources.llava_video", "data.val.sources.val_nl_refer_d.sampling=first:1"], tmp_path
+    )
+    assert list(demo.data.train.sources) == ["nl_refer_d", "nl_refer_q"]
 
 
 def test_demo_experiments_differ_only_in_the_loss(tmp_path: Path):

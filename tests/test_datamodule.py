@@ -1,17 +1,17 @@
-"""SwimDataset's skip-and-count on a corrupted corpus, and SwimDataModule on a small generated demo:
-setup, batches (with worker processes), and mid-epoch resume through a real Lightning checkpoint."""
+"""SwimDataset's strict mode on a corrupted corpus (skip semantics: test_skips.py), and
+SwimDataModule on a small generated demo: setup, batches (with worker processes), and mid-epoch
+resume through a real Lightning checkpoint."""
 
 # ruff: noqa: F811  (pytest fixtures imported from data_fixtures are re-bound as test arguments)
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from corrupt_corpus import LOAD_TIME, build_corrupt_corpus
+from corrupt_corpus import build_corrupt_corpus
 from data_fixtures import demo_data_config, processor, small_demo  # noqa: F401
 
 from swim.data.batch import SwimBatch
@@ -32,31 +32,6 @@ def corrupt(tmp_path_factory: pytest.TempPathFactory, processor: Any) -> tuple[P
         [{"name": "corrupt", "path": str(path)}], seed=0, cache_dir=folder / "cache", strict=False
     )
     return path, expected, mixture
-
-
-def test_dataset_skips_and_counts_load_time_failures(
-    corrupt: tuple[Path, dict[int, str], Any], processor: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    path, expected, mixture = corrupt
-    dataset = SwimDataset(mixture, SampleBuilder(processor, CFG), strict=False)
-    broken = {i: expected[mixture[i].index] for i in range(len(mixture)) if mixture[i].index in expected}
-    assert set(broken.values()) == set(LOAD_TIME), "every load-time reason survives parsing"
-    with caplog.at_level(logging.WARNING, logger="swim.data.dataset"):
-        for i in range(len(mixture)):
-            sample = dataset[i]
-            if i in broken:
-                assert sample.counters.get(f"skip/{broken[i]}", 0) >= 1
-                assert sample.id != mixture[i].id
-                nxt = next(
-                    j % len(mixture) for j in range(i + 1, i + len(mixture)) if j % len(mixture) not in broken
-                )
-                assert sample.id == mixture[nxt].id, "replaced by the next index that loads"
-            else:
-                assert sample.id == mixture[i].id
-                assert not any(k.startswith("skip/") for k in sample.counters)
-    for reason in LOAD_TIME:
-        assert dataset.skipped[reason] >= 1
-        assert any(reason in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
 
 
 def test_dataset_strict_mode_raises_naming_the_record(

@@ -119,6 +119,7 @@ def test_config_mode_on_the_nl_refer_mixture(tmp_path: Path) -> None:
         "in_file": 19,
         "sampled": 19,
         "kept": 18,
+        "duplicates": 16,
         "rejected": {"missing_video": 1},
     }
     assert [e["kept"] for e in report["splits"]["val"]] == [3]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from corrupt_corpus import build_corrupt_corpus
 
-from swim.data.mixture import Mixture, SourceConfig, build_mixture, parse_sampling
+from swim.data.mixture import MissingSourceError, Mixture, SourceConfig, build_mixture, parse_sampling
 from swim.data.schema import Record, RecordError
 
 
@@ -208,7 +208,11 @@ def test_bad_source_configs(tmp_path: Path) -> None:
         ([{"name": "s", "path": str(path)}] * 2, ValueError, "unique names; repeated: \\['s'\\]"),
         ([{"name": "s", "path": str(path), "format": "csv"}], ValueError, "format='csv'"),
         ([{"name": "s", "path": str(path), "weight": -1}], ValueError, "weight=-1"),
-        ([{"name": "s", "path": str(tmp_path / "none.json")}], FileNotFoundError, "none.json does not exist"),
+        (
+            [{"name": "s", "path": str(tmp_path / "none.json")}],
+            FileNotFoundError,
+            "source 's': annotation file .*none.json does not exist",
+        ),
     ]
     for sources, error, message in cases:
         with pytest.raises(error, match=message):
@@ -233,3 +237,24 @@ def test_corrupt_corpus_report(tmp_path: Path) -> None:
     }
     kept = {record.index for record in mixture}
     assert {i for i, reason in expected.items() if reason in report.rejected}.isdisjoint(kept)
+
+
+def test_sources_keyed_by_name_and_missing_or_optional_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "a.json", records(2))
+    keyed = {"a": {"path": str(path)}, "dropped": None}
+    mixture = build_mixture(keyed, seed=0, cache_dir=tmp_path / "c", strict=False)
+    assert mixture.source_names == ["a"] and len(mixture) == 2
+    with pytest.raises(ValueError, match="source 'a': its name field says 'b'"):
+        build_mixture({"a": {"name": "b", "path": str(path)}}, seed=0, cache_dir=tmp_path / "c", strict=False)
+    gone = str(tmp_path / "gone.json")
+    with pytest.raises(
+        MissingSourceError, match=f"data source 'extra': annotation file {gone} does not exist"
+    ):
+        build_mixture({**keyed, "extra": {"path": gone}}, seed=0, cache_dir=tmp_path / "c", strict=False)
+    with caplog.at_level(logging.WARNING, logger="swim.data.mixture"):
+        optional = {**keyed, "extra": {"path": gone, "optional": True}}
+        mixture = build_mixture(optional, seed=0, cache_dir=tmp_path / "c", strict=False)
+    assert mixture.source_names == ["a"]
+    assert any("'extra'" in r.getMessage() and "optional" in r.getMessage() for r in caplog.records)

@@ -53,10 +53,10 @@ def demo_overrides(demo_root: Path, cache_dir: Path) -> list[str]:
     data = OmegaConf.to_container(root.data, resolve=True)
     overrides = ["data.demo_dir=null", f"paths.cache_dir={cache_dir}"]
     for split in ("train", "val", "bench"):
-        for i, source in enumerate(data[split]["sources"]):
+        for key, source in data[split]["sources"].items():
             name = Path(source["path"]).name
-            overrides.append(f"data.{split}.sources.{i}.path={demo_root / 'annotations' / name}")
-            overrides.append(f"data.{split}.sources.{i}.video_root={demo_root}")
+            overrides.append(f"data.{split}.sources.{key}.path={demo_root / 'annotations' / name}")
+            overrides.append(f"data.{split}.sources.{key}.video_root={demo_root}")
     return overrides
 
 

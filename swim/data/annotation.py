@@ -1,16 +1,27 @@
 """Cheap structure checks of a raw record's ``annotation`` field (masks are never decoded).
 
-Also the pieces of raw-record validation shared with ``swim.data.records``: the :class:`Invalid`
-error that carries a field and a reason code, and the JSON type names and integer parsing its
-messages and checks use. Masks are decoded, and checked against the video, when a sample is
-loaded (``swim.data.masks``).
+Also the pieces of raw-record validation shared with ``swim.data.records`` and ``swim.data.cache``:
+the :class:`Invalid` error that carries a field and a reason code, the JSON type names and integer
+parsing its messages and checks use, and the decoder hook that keeps integers too long for Python's
+int conversion as :class:`OversizedInt` (so a record can be rejected for them instead of the
+decoder raising).
+
+Frame keys are normalised to ints; two keys naming the same frame (``"7"`` and ``"07"``) are a
+``duplicate_frame`` rejection, not a silent overwrite. Masks are decoded, and checked against the
+video, when a sample is loaded (``swim.data.masks``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
+
+# Longest integer the JSON decoder turns into an int: Python's default int/str conversion limit.
+MAX_INT_DIGITS = 4300
+# Longest digit string accepted as a frame index (frame keys, ``frame_idx``).
+MAX_INDEX_DIGITS = 12
 
 
 class Invalid(Exception):
@@ -22,6 +33,25 @@ class Invalid(Exception):
     def __init__(self, field: str, reason: str, detail: str):
         super().__init__(detail)
         self.field, self.reason, self.detail = field, reason, detail
+
+
+@dataclass(frozen=True)
+class OversizedInt:
+    """A JSON integer with more than :data:`MAX_INT_DIGITS` digits, kept undecoded."""
+
+    digits: int
+
+
+def parse_json_int(text: str) -> int | OversizedInt:
+    """``parse_int`` hook of the JSON decoder: an int, or :class:`OversizedInt` past the digit limit."""
+    digits = len(text) - text.startswith("-")
+    return OversizedInt(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for messages (with the full length named)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def json_kind(value: Any) -> str:
@@ -36,7 +66,7 @@ def int_like(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+    if isinstance(value, str) and len(value) <= MAX_INDEX_DIGITS and re.fullmatch(r"[0-9]+", value):
         return int(value)
     return None
 
@@ -52,8 +82,8 @@ def parse_annotation(value: Any) -> list[dict[int, Any]]:
         str | list[int]}`` or a polygon list ``[[x1, y1, ...], ...]``.
 
     Raises:
-        Invalid: ``bad_annotation``, ``bad_frame_key``, ``bad_rle`` or ``bad_polygon``, at the
-            offending field (e.g. ``annotation[0]["12"].segmentation.counts``).
+        Invalid: ``bad_annotation``, ``bad_frame_key``, ``duplicate_frame``, ``bad_rle`` or
+            ``bad_polygon``, at the offending field (e.g. ``annotation[0]["12"].segmentation.counts``).
     """
     if not isinstance(value, list):
         raise Invalid("annotation", "bad_annotation", f"expected a list of instances, got {json_kind(value)}")
@@ -64,11 +94,25 @@ def parse_annotation(value: Any) -> list[dict[int, Any]]:
                 f"annotation[{i}]", "bad_annotation", f"expected {{frame: ...}}, got {json_kind(instance)}"
             )
         frames: dict[int, Any] = {}
+        keys: dict[int, str] = {}
         for key, entry in instance.items():
-            field = f'annotation[{i}]["{key}"]'
+            shown = f'"{key}"' if len(key) <= 40 else short_repr(key)
+            field = f"annotation[{i}][{shown}]"
             frame = int_like(key)
             if frame is None or frame < 0 or key != key.strip():
-                raise Invalid(field, "bad_frame_key", f"frame key {key!r}; expected a non-negative integer")
+                raise Invalid(
+                    field,
+                    "bad_frame_key",
+                    f"frame key {short_repr(key)}; expected a non-negative integer of at most "
+                    f"{MAX_INDEX_DIGITS} digits",
+                )
+            if frame in keys:
+                raise Invalid(
+                    field,
+                    "duplicate_frame",
+                    f"frame key {key!r} is frame {frame}, already given as {keys[frame]!r}",
+                )
+            keys[frame] = key
             if not isinstance(entry, dict) or "segmentation" not in entry:
                 raise Invalid(
                     field, "bad_annotation", f'expected {{"segmentation": ...}}, got {json_kind(entry)}'

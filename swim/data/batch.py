@@ -130,8 +130,10 @@ class SwimBatch:
         image_grid_thw: ``(I, 3)`` long patch grid of each image, or ``None``.
         supervision: the attention supervision (rows may be empty).
         sample_ids: ``B`` record ids, for logs and error messages.
-        counters: events counted while building this batch, e.g. ``{"skip/corrupt_video": 1,
-            "tag_dropped/no_instance": 2}``; the module sums them over training and logs them.
+        counters: events counted while building this batch, e.g. ``{"skipped_records/corrupt_video":
+            1, "tag_dropped/no_instance": 2}``; the module sums them over training and logs them.
+        placeholder: every record of the batch was skipped: the tensors are one pad token with no
+            label and no row (``B = 1``, ``sample_ids`` empty), to be stepped over, never trained on.
     """
 
     input_ids: Tensor
@@ -146,6 +148,7 @@ class SwimBatch:
     image_grid_thw: Tensor | None = None
     sample_ids: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    placeholder: bool = False
 
     @property
     def batch_size(self) -> int:

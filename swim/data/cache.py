@@ -12,7 +12,8 @@ Layout: ``<cache_dir>/records/<key>/`` with
 - ``records.arrow``: one row per kept record (``index``, ``id``, ``format``, ``video``, ``image``,
   and ``turns``/``annotation``/``extra`` as JSON text);
 - ``status.arrow``: one row per record in the file (``index``, ``row`` in ``records.arrow`` or -1,
-  and for rejections ``field``, ``reason``, ``detail``);
+  for rejections ``field``, ``reason``, ``detail``, and for kept records ``digest``: a hash of the
+  normalised record without its index, equal for exact duplicates);
 - ``meta.json``: what the key was made of, written last: a folder without it is not a cache.
 
 ``key`` hashes the file's absolute path, size and mtime, :data:`PARSER_VERSION`, the format and the
@@ -41,13 +42,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from swim.data.annotation import parse_json_int
 from swim.data.records import parse_record
 from swim.data.schema import Record, Rejection, Turn
 
 log = logging.getLogger(__name__)
 
 # Bump whenever parsing or validation changes what a record becomes: every cache is rebuilt.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 BATCH_ROWS = 1024
 _CHUNK_CHARS = 1 << 22
 _WS = re.compile(r"[ \t\n\r]*")
@@ -71,6 +73,7 @@ STATUS_SCHEMA = pa.schema(
         ("field", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+        ("digest", pa.string()),
     ]
 )
 
@@ -81,9 +84,10 @@ class AnnotationFileError(ValueError):
 
 @dataclass(frozen=True)
 class _Unparsable:
-    """A JSON Lines line that is not JSON."""
+    """A record that does not decode: a JSON Lines line that is not JSON, or a value nested too deeply."""
 
     detail: str
+    reason: str = "bad_json"
 
 
 def iter_raw_records(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -112,9 +116,11 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[int, Any]]:
                 if not text:
                     continue
                 try:
-                    yield number, json.loads(text)
+                    yield number, json.loads(text, parse_int=parse_json_int)
                 except json.JSONDecodeError as err:
-                    yield number, _Unparsable(f"line {number + 1}: {err.msg} at column {err.colno}")
+                    yield number, _Unparsable(f"line {number + 1}: {err.msg}: column {err.colno}")
+                except RecursionError:
+                    yield number, _Unparsable(f"line {number + 1}: nested too deeply to decode", "too_deep")
         else:
             raise AnnotationFileError(
                 f"{path}: expected a JSON array or JSON Lines, file starts with {first!r}"
@@ -123,7 +129,7 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[int, Any]]:
 
 def _iter_array(path: Path, handle: Any) -> Iterator[tuple[int, Any]]:
     """Stream the elements of a top-level JSON array without decoding the whole file."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=parse_json_int)
     text_decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     buf, pos, consumed, eof = "", 0, 0, False
 
@@ -164,6 +170,14 @@ def _iter_array(path: Path, handle: Any) -> Iterator[tuple[int, Any]]:
                 if more(max(_CHUNK_CHARS, len(buf) - pos)):
                     continue
                 raise fail(index, f"invalid JSON ({err.msg})") from None
+            except RecursionError:
+                end = _value_end(buf, pos)
+                if end is None and more(max(_CHUNK_CHARS, len(buf) - pos)):
+                    continue
+                if end is None:
+                    raise fail(index, "a value nested too deeply to decode, never closed") from None
+                value = _Unparsable(f"nested too deeply to decode (character {consumed + pos})", "too_deep")
+                break
             if end < len(buf) or not more(_CHUNK_CHARS):
                 break
         pos = end
@@ -175,6 +189,29 @@ def _iter_array(path: Path, handle: Any) -> Iterator[tuple[int, Any]]:
         if sep != ",":
             raise fail(index, f"expected ',' or ']' after record {index - 1}, found {sep or 'end of file'!r}")
         pos += 1
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """The end of the JSON array or object at ``text[start]``, by bracket counting; ``None`` if unclosed.
+
+    Used only to step over a value too deeply nested for the decoder's recursion; strings (with
+    their escapes) are skipped so brackets inside them do not count.
+    """
+    depth, position, length = 0, start, len(text)
+    while position < length:
+        char = text[position]
+        if char == '"':
+            position += 1
+            while position < length and text[position] != '"':
+                position += 2 if text[position] == "\\" else 1
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        position += 1
+    return None
 
 
 def cache_key(path: Path, fmt: str, video_root: Path, check_files: bool) -> str:
@@ -240,7 +277,7 @@ def _write_cache(path: Path, fmt: str, root: Path, check_files: bool, out: Path)
     with pa.OSFile(str(out / "records.arrow"), "wb") as sink, pa.ipc.new_file(sink, RECORD_SCHEMA) as writer:
         for index, raw in iter_raw_records(path):
             if isinstance(raw, _Unparsable):
-                parsed: Record | Rejection = Rejection(str(path), index, "<record>", "bad_json", raw.detail)
+                parsed: Record | Rejection = Rejection(str(path), index, "<record>", raw.reason, raw.detail)
             else:
                 parsed = parse_record(
                     raw, file=str(path), index=index, video_root=root, format=fmt, check_files=check_files
@@ -250,11 +287,14 @@ def _write_cache(path: Path, fmt: str, root: Path, check_files: bool, out: Path)
                 status["row"].append(-1)
                 for name in ("field", "reason", "detail"):
                     status[name].append(getattr(parsed, name))
+                status["digest"].append(None)
                 continue
             status["row"].append(kept)
             for name in ("field", "reason", "detail"):
                 status[name].append(None)
-            rows.append(_to_row(parsed))
+            row = _to_row(parsed)
+            status["digest"].append(_digest(row))
+            rows.append(row)
             kept += 1
             if len(rows) == BATCH_ROWS:
                 writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=RECORD_SCHEMA))
@@ -282,8 +322,15 @@ def _to_row(record: Record) -> dict[str, Any]:
     }
 
 
+def _digest(row: dict[str, Any]) -> str:
+    """Hash of a record row without its index: equal for records that are exact duplicates."""
+    content = json.dumps({k: v for k, v in row.items() if k != "index"}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def read_status(folder: Path) -> pa.Table:
-    """Per-record status of a cache folder: ``index``, ``row``, ``field``, ``reason``, ``detail``."""
+    """Per-record status of a cache folder: ``index``, ``row``, ``field``, ``reason``, ``detail``,
+    ``digest``."""
     with pa.OSFile(str(folder / "status.arrow")) as source:
         return pa.ipc.open_file(source).read_all()
 

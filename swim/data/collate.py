@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from swim.data.batch import Supervision, SwimBatch
-from swim.data.chat import IGNORE_INDEX
+from swim.data.chat import IGNORE_INDEX, Rows
+from swim.data.dataset import SkippedRecord
 from swim.data.sample import Sample
 
 
@@ -32,20 +33,27 @@ def _cat(tensors: Sequence[Tensor | None]) -> Tensor | None:
     return torch.cat(present) if present else None
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> SwimBatch:
-    """Batch ``samples`` (any mix of video, image and text-only, supervised or not).
+def collate(items: Sequence[Sample | SkippedRecord], pad_id: int) -> SwimBatch:
+    """Batch the samples among ``items`` (any mix of video, image and text-only, supervised or not).
 
     Args:
-        samples: ``B >= 1`` samples.
+        items: at least one sample or skipped record; the skipped ones are counted and dropped.
         pad_id: the tokenizer's pad id for ``input_ids``.
 
     Returns:
         A :class:`SwimBatch` with ``input_ids``, ``attention_mask``, ``labels``, ``mm_token_type_ids``
-        of shape ``(B, L)``, ``L`` the longest sample; rows ``(R,)`` with ``R`` the sum of the samples'
-        rows; ``N`` instances in batch order.
+        of shape ``(B, L)``, ``B`` the samples left, ``L`` the longest of them; rows ``(R,)`` with
+        ``R`` the sum of the samples' rows; ``N`` instances in batch order. With no sample left,
+        a placeholder of shape ``(1, 1)``: one pad token, no label, no row, no sample id.
     """
-    if not samples:
+    if not items:
         raise ValueError("collate needs at least one sample")
+    skipped = Counter(item.counter for item in items if isinstance(item, SkippedRecord))
+    samples = [item for item in items if not isinstance(item, SkippedRecord)]
+    if not samples:
+        batch = collate([_placeholder(pad_id)], pad_id)
+        batch.sample_ids, batch.counters, batch.placeholder = [], {**skipped, "skipped_batches": 1}, True
+        return batch
     length = max(len(s) for s in samples)
     row_sample, row_query, row_token, row_instance, row_phrase = [], [], [], [], []
     instance_sample: list[int] = []
@@ -53,7 +61,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> SwimBatch:
     cell_valid: list[Tensor] = []
     pixel_masks: list[Tensor] | None = [] if all(s.pixel_masks is not None for s in samples) else None
     num_instances = num_phrases = 0
-    counters: Counter[str] = Counter()
+    counters: Counter[str] = Counter(skipped)
     for b, s in enumerate(samples):
         rows = s.rows
         row_sample.append(torch.full((len(rows),), b, dtype=torch.long))
@@ -95,4 +103,17 @@ def collate(samples: Sequence[Sample], pad_id: int) -> SwimBatch:
         image_grid_thw=_cat([s.image_grid_thw for s in samples]),
         sample_ids=[s.id for s in samples],
         counters=dict(counters),
+    )
+
+
+def _placeholder(pad_id: int) -> Sample:
+    """A one-token, label-free, unsupervised text sample: the body of a batch whose records all failed."""
+    one = torch.ones(1, dtype=torch.long)
+    return Sample(
+        id="",
+        input_ids=one * pad_id,
+        attention_mask=one,
+        labels=one * IGNORE_INDEX,
+        mm_token_type_ids=one * 0,
+        rows=Rows.empty(),
     )

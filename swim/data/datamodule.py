@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from swim.data.collate import collate
 from swim.data.dataset import SwimDataset
-from swim.data.mixture import Mixture, build_mixture
+from swim.data.mixture import Mixture, build_mixture, source_configs
 from swim.data.sample import DataConfig, SampleBuilder
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class LoaderConfig:
         demo_dir: folder of the synthetic demo that source paths interpolate; ``train.py`` generates
             it there first (``swim.data.demo.ensure_demo``). Not used by the datamodule itself.
         root: base folder that source paths may interpolate (informational).
+        dedupe: keep only the first copy of exact duplicate records (counted and reported either way).
     """
 
     batch_size: int = 1
@@ -127,15 +128,16 @@ class LoaderConfig:
     cache_dir: str = ".cache"
     demo_dir: str | None = None
     root: str | None = None
+    dedupe: bool = False
 
 
 class SwimDataModule(pl.LightningDataModule):
     """Train / val / bench loaders of SWIM batches.
 
     Args:
-        cfg: the ``data`` config: ``train``, ``val``, ``bench`` (each ``{sources: [...]}`` with
-            ``swim.data.mixture.SourceConfig`` fields), :class:`DataConfig` knobs and
-            :class:`LoaderConfig` knobs, all top-level.
+        cfg: the ``data`` config: ``train``, ``val``, ``bench`` (each ``{sources: {name: {...}}}``
+            with ``swim.data.mixture.SourceConfig`` fields, or a list with ``name`` fields),
+            :class:`DataConfig` knobs and :class:`LoaderConfig` knobs, all top-level.
         processor: the backbone's ``Qwen2_5_VLProcessor``.
     """
 
@@ -147,7 +149,7 @@ class SwimDataModule(pl.LightningDataModule):
         unknown = sorted(set(values) - known)
         if unknown:
             log.warning("data config: ignoring unknown keys %s", unknown)
-        self.sources = {split: list((values.get(split) or {}).get("sources") or []) for split in SPLITS}
+        self.sources = {split: source_configs((values.get(split) or {}).get("sources")) for split in SPLITS}
         self.data_cfg = DataConfig.from_mapping(values)
         self.loader_cfg = LoaderConfig(
             **{k: v for k, v in values.items() if k in {f.name for f in fields(LoaderConfig)}}
@@ -177,6 +179,7 @@ class SwimDataModule(pl.LightningDataModule):
             seed=self.loader_cfg.seed,
             cache_dir=self.loader_cfg.cache_dir,
             strict=self.data_cfg.strict,
+            dedupe=self.loader_cfg.dedupe,
         )
         self.mixtures[split] = mixture
         self.report[split] = [r.to_dict() for r in mixture.report()]

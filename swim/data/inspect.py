@@ -8,46 +8,59 @@ Usage::
     python -m swim.data.inspect ... --deep [--limit 200]  # also build every sample (load time)
     python -m swim.data.inspect ... --render 8 --out renders/
 
-Prints, per split and source, the records in the file, sampled, kept and rejected by reason
-(with the first examples of each reason) as a rich table; ``--json FILE`` writes the same as JSON.
-``--deep`` builds each kept record's sample as training would (video header and sampled frames,
-sampled masks, tag alignment, tokenisation; ``swim.data.sample.SampleBuilder.build``) and counts
-the load-time failures by reason. ``--render N`` draws N samples spread over each split's mixture:
-their sampled frames with the ground-truth masks and the tagged phrases, one PNG per sample.
+Prints, as plain text, the annotation files that are missing (a table, with whether each source
+is ``optional``), one line per file that cannot be read as a whole, then per split and source the
+records in the file, sampled, kept, rejected by reason (with the first examples of each reason)
+and exact duplicates; ``--json FILE`` writes the same as JSON. ``--deep`` builds each kept
+record's sample as training would (video header and sampled frames, sampled masks, tag
+alignment, tokenisation; ``swim.data.sample.SampleBuilder.build``), counts the load-time failures
+by reason (what training counts as ``skipped_records/<reason>``, once per epoch) and sums the
+built samples' tag and mask counters (``tags/kept``, ``tag_dropped/no_instance``,
+``tag_dropped/no_valid_cell``, ``mask_dropped/empty``, ...); the decoders' own messages on
+standard error are silenced meanwhile. ``--render N`` draws N samples spread over each split's
+mixture (``swim.data.render``). The exit status is 1 when a split keeps no record or a required
+file is missing or unreadable.
 
 Config mode composes ``conf/train.yaml`` with the given Hydra overrides and reads ``data.train``,
-``data.val`` and ``data.bench`` (``{sources: [...]}``), ``data.seed`` and ``data.cache_dir``; a
-``data.demo_dir`` is generated first if missing. File mode (a ``.json``/``.jsonl`` path) inspects
-that file alone: format auto-detected, video root its folder, sample knobs at their defaults.
+``data.val`` and ``data.bench`` (``{sources: {name: {...}}}``), ``data.dedupe``, ``data.seed``
+and ``data.cache_dir``; a ``data.demo_dir`` is generated first if missing. File mode (a
+``.json``/``.jsonl`` path) inspects that file alone: format auto-detected, video root its folder,
+sample knobs at their defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import re
+import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import OmegaConf
-from PIL import Image, ImageDraw
-from rich.console import Console
-from rich.table import Table
 
-from swim.data.mixture import Mixture, build_mixture
+from swim.data.cache import AnnotationFileError
+from swim.data.mixture import (
+    Mixture,
+    SourceConfig,
+    build_mixture,
+    missing_sources,
+    source_cache,
+    source_configs,
+)
 from swim.data.records import FORMATS, REJECTION_REASONS
+from swim.data.render import render_samples, spread
 from swim.data.schema import SampleError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "bench")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-INSTANCE_COLOURS = ((0, 255, 255), (255, 0, 255), (255, 255, 0), (255, 255, 255))
 MAX_EXAMPLES = 3
 
 
@@ -55,11 +68,12 @@ MAX_EXAMPLES = 3
 class Plan:
     """What to inspect: sources per split and how to build them."""
 
-    sources: dict[str, list[dict[str, Any]]]
+    sources: dict[str, list[SourceConfig]]
     seed: int = 0
     cache_dir: str = ".cache"
     data: dict[str, Any] = field(default_factory=dict)
     demo_dir: str | None = None
+    dedupe: bool = False
 
 
 def plan_from_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "train") -> Plan:
@@ -70,18 +84,19 @@ def plan_from_config(overrides: list[str], config_dir: Path = CONF_DIR, config_n
         cfg = compose(config_name=config_name, overrides=overrides)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(data, dict)
-    sources = {split: list((data.get(split) or {}).get("sources") or []) for split in SPLITS}
+    sources = {split: source_configs((data.get(split) or {}).get("sources")) for split in SPLITS}
     cache_dir = data.get("cache_dir") or OmegaConf.select(cfg, "paths.cache_dir", default=".cache")
-    return Plan(sources, int(data.get("seed", 0)), str(cache_dir), data, data.get("demo_dir"))
+    seed, dedupe = int(data.get("seed", 0)), bool(data.get("dedupe", False))
+    return Plan(sources, seed, str(cache_dir), data, data.get("demo_dir"), dedupe)
 
 
 def plan_from_file(args: argparse.Namespace) -> Plan:
     """A one-source plan for ``args.targets[0]`` (an annotation file)."""
     path = Path(args.targets[0])
-    source = {"name": path.stem, "path": str(path), "format": args.format, "sampling": args.sampling}
-    if args.video_root is not None:
-        source["video_root"] = args.video_root
-    return Plan({"file": [source]}, cache_dir=args.cache_dir or ".cache")
+    source = SourceConfig(
+        name=path.stem, path=str(path), format=args.format, sampling=args.sampling, video_root=args.video_root
+    )
+    return Plan({"file": [source]}, cache_dir=args.cache_dir or ".cache", dedupe=args.dedupe)
 
 
 def inspect_plan(
@@ -89,31 +104,81 @@ def inspect_plan(
 ) -> tuple[dict[str, Any], dict[str, Mixture]]:
     """Build each split's mixture and report it; with ``deep``, build samples and count failures.
 
+    Sources whose file is missing, or cannot be read as a whole, are listed (``missing``,
+    ``file_errors``) and left out; the other sources of the split are still inspected.
+
     Returns:
         The JSON-able report (``splits``: per split the source reports, each with a ``load`` entry
-        when ``deep``; ``totals`` per split; ``reasons``: the parse-time reason codes explained) and
-        the mixtures by split.
+        when ``deep``; ``totals`` per split; ``missing`` and ``file_errors``: one entry per source;
+        ``reasons``: the parse-time reason codes explained) and the mixtures by split.
     """
     if plan.demo_dir is not None:
         from swim.data.demo import ensure_demo
 
         ensure_demo(plan.demo_dir)
     builder = _builder(plan.data) if deep else None
-    report: dict[str, Any] = {"seed": plan.seed, "cache_dir": plan.cache_dir, "splits": {}, "totals": {}}
+    report: dict[str, Any] = {
+        "seed": plan.seed,
+        "cache_dir": plan.cache_dir,
+        "splits": {},
+        "totals": {},
+        "missing": [],
+        "file_errors": [],
+    }
     mixtures: dict[str, Mixture] = {}
-    for split, sources in plan.sources.items():
-        if not sources:
+    for split, configs in plan.sources.items():
+        readable = _readable(split, configs, plan.cache_dir, report)
+        if not readable:
             continue
-        mixture = build_mixture(sources, seed=plan.seed, cache_dir=plan.cache_dir, strict=False)
+        mixture = build_mixture(
+            readable, seed=plan.seed, cache_dir=plan.cache_dir, strict=False, dedupe=plan.dedupe
+        )
         mixtures[split] = mixture
         entries = [r.to_dict() for r in mixture.report()]
         if builder is not None:
-            for entry, indices in zip(entries, mixture.source_ranges().values(), strict=True):
-                entry["load"] = _load_check(mixture, builder, indices, limit)
+            with quiet_stderr():
+                for entry, indices in zip(entries, mixture.source_ranges().values(), strict=True):
+                    entry["load"] = _load_check(mixture, builder, indices, limit)
         report["splits"][split] = entries
         report["totals"][split] = _totals(entries)
     report["reasons"] = REJECTION_REASONS
     return report, mixtures
+
+
+def _readable(
+    split: str, configs: list[SourceConfig], cache_dir: str, report: dict[str, Any]
+) -> list[SourceConfig]:
+    """The sources of ``split`` whose file exists and reads; the others go to ``report``."""
+    missing = missing_sources(configs)
+    for config in missing:
+        entry = {"split": split, "source": config.name, "path": config.path, "optional": config.optional}
+        report["missing"].append(entry)
+    readable = []
+    for config in configs:
+        if config in missing:
+            continue
+        try:
+            source_cache(config, cache_dir=cache_dir)
+        except AnnotationFileError as err:
+            report["file_errors"].append({"split": split, "source": config.name, "error": str(err)})
+            continue
+        readable.append(config)
+    return readable
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send the process's standard error (FFmpeg's messages from the decoders) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _builder(data: dict[str, Any]) -> Any:
@@ -123,20 +188,21 @@ def _builder(data: dict[str, Any]) -> Any:
     return SampleBuilder(build_processor(), DataConfig.from_mapping(data))
 
 
-def _spread(indices: range, limit: int | None) -> list[int]:
-    """``limit`` indices evenly spread over ``indices`` (all of them without a limit)."""
-    if limit is None or limit >= len(indices):
-        return list(indices)
-    return sorted({indices[int(k)] for k in np.linspace(0, len(indices) - 1, limit)})
-
-
 def _load_check(mixture: Mixture, builder: Any, indices: range, limit: int | None) -> dict[str, Any]:
+    """Build the samples of ``indices`` (``limit`` spread over them) as training would.
+
+    Returns:
+        ``checked``, ``ok``, ``failed`` by reason (the ``skipped_records/<reason>`` training counts),
+        ``examples`` per reason, and ``counters``: the built samples' tag and mask counters
+        (``tags/kept``, ``tag_dropped/<reason>``, ``mask_dropped/empty``).
+    """
     failed: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
-    chosen = _spread(indices, limit)
+    chosen = spread(indices, limit)
     for i in chosen:
         try:
-            builder.build(mixture[i])
+            counters.update(builder.build(mixture[i]).counters)
         except SampleError as err:
             reason = err.rejection.reason
             failed[reason] += 1
@@ -148,6 +214,7 @@ def _load_check(mixture: Mixture, builder: Any, indices: range, limit: int | Non
         "ok": len(chosen) - sum(failed.values()),
         "failed": dict(failed),
         "examples": examples,
+        "counters": dict(sorted(counters.items())),
     }
 
 
@@ -155,128 +222,100 @@ def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
     rejected: Counter[str] = Counter()
     for entry in entries:
         rejected.update(entry["rejected"])
-    totals = {key: sum(entry[key] for entry in entries) for key in ("in_file", "sampled", "kept")}
+    totals = {
+        key: sum(entry[key] for entry in entries) for key in ("in_file", "sampled", "kept", "duplicates")
+    }
     totals["rejected"] = dict(rejected)
     if all("load" in entry for entry in entries):
         failed: Counter[str] = Counter()
+        counters: Counter[str] = Counter()
         for entry in entries:
             failed.update(entry["load"]["failed"])
+            counters.update(entry["load"]["counters"])
         totals["load"] = {
             "checked": sum(entry["load"]["checked"] for entry in entries),
             "ok": sum(entry["load"]["ok"] for entry in entries),
             "failed": dict(failed),
+            "counters": dict(sorted(counters.items())),
         }
     return totals
 
 
-def render_samples(
-    mixture: Mixture, builder: Any, count: int, out: Path, prefix: str
-) -> list[dict[str, str]]:
-    """Draw ``count`` samples spread over ``mixture`` into ``out/<prefix>_<k>.png``.
+def format_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A plain-text table: the title, then columns padded to width (first column left-aligned)."""
+    widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
 
-    Returns:
-        Per sample its record id and either the ``png`` path or the ``error`` that stopped it.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    done = []
-    for k, i in enumerate(_spread(range(len(mixture)), count)):
-        record = mixture[i]
-        try:
-            visual = builder.load_visual(record)
-        except SampleError as err:
-            done.append({"id": record.id, "error": str(err.rejection)})
-            continue
-        path = out / f"{prefix}_{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', record.id)[-60:]}.png"
-        draw_visual(visual, f"{record.source} #{record.index} {record.id}").save(path)
-        done.append({"id": record.id, "png": str(path)})
-    return done
+    def line(row: list[str]) -> str:
+        cells = [
+            str(v).ljust(w) if k == 0 else str(v).rjust(w)
+            for k, (v, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [title, line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows), ""]
 
 
-def draw_visual(visual: Any, title: str, columns: int = 8, tile_height: int = 160) -> Image.Image:
-    """A contact sheet of a :class:`swim.data.sample.VisualSample`.
-
-    Sampled frames ``(F, H, W, 3)`` in a grid, each instance's mask tinted and outlined in its colour,
-    labelled with the frame index (``*`` marks annotated frames); the header lists the tagged
-    phrases and the instance each refers to. Tiles are scaled to ``tile_height`` pixels.
-    """
-    lines = [title]
-    for phrase, instance in zip(visual.phrases, visual.phrase_instance, strict=True):
-        lines.append(f'"{phrase}" -> ' + ("no instance" if instance is None else f"instance {instance}"))
-    if visual.frames is None:
-        lines.append("(text only)")
-        frames = np.zeros((1, 28, 28, 3), dtype=np.uint8)
-    else:
-        frames = visual.frames.astype(np.float32)
-        for j, masks in enumerate(visual.masks):
-            colour = np.array(INSTANCE_COLOURS[j % len(INSTANCE_COLOURS)], dtype=np.float32)
-            frames[masks] = 0.6 * frames[masks] + 0.4 * colour
-            frames[_outline(masks)] = colour
-        frames = frames.round().astype(np.uint8)
-    count, height, width = frames.shape[:3]
-    size = (max(1, round(width * tile_height / height)), tile_height)
-    cols = min(columns, count)
-    rows = -(-count // cols)
-    header = 14 * len(lines) + 6
-    sheet = Image.new("RGB", (max(cols * (size[0] + 4), 480), header + rows * (size[1] + 18)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for n, line in enumerate(lines):
-        draw.text((4, 3 + 14 * n), line, fill=(235, 235, 235))
-    for k in range(count):
-        x, y = (k % cols) * (size[0] + 4), header + (k // cols) * (size[1] + 18)
-        sheet.paste(Image.fromarray(frames[k]).resize(size, Image.Resampling.BILINEAR), (x, y + 14))
-        index = visual.frame_indices[k] if k < len(visual.frame_indices) else k
-        marked = any(flags[k] for flags in visual.annotated)
-        draw.text((x + 2, y + 1), f"f{index}{' *' if marked else ''}", fill=(200, 200, 200))
-    return sheet
-
-
-def _outline(masks: np.ndarray, width: int = 2) -> np.ndarray:
-    """``(F, H, W)`` bool: mask pixels within ``width`` pixels of the mask's border."""
-    inner = masks.copy()
-    for _ in range(width):
-        shrunk = inner.copy()
-        shrunk[:, 1:, :] &= inner[:, :-1, :]
-        shrunk[:, :-1, :] &= inner[:, 1:, :]
-        shrunk[:, :, 1:] &= inner[:, :, :-1]
-        shrunk[:, :, :-1] &= inner[:, :, 1:]
-        inner = shrunk
-    return masks & ~inner
-
-
-def print_report(report: dict[str, Any], console: Console) -> None:
-    """Per split: a table of counts per source, a table of rejections by reason, first examples."""
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The doctor's plain-text report: missing sources, file errors, then per split its tables."""
+    lines: list[str] = []
+    if report["missing"]:
+        rows = [
+            [m["split"], m["source"], "optional" if m["optional"] else "required", m["path"]]
+            for m in report["missing"]
+        ]
+        lines += format_table("missing annotation files", ["split", "source", "needed", "path"], rows)
+    for error in report["file_errors"]:
+        lines.append(f"error: data.{error['split']} source {error['source']}: {error['error']}")
+    if report["file_errors"]:
+        lines.append("")
     for split, entries in report["splits"].items():
-        deep = all("load" in entry for entry in entries)
-        table = Table(title=f"data.{split}", title_justify="left")
-        for column in ("source", "in file", "sampled", "kept", "rejected", *(["loaded ok"] if deep else [])):
-            table.add_column(column, justify="left" if column == "source" else "right")
-        total = [{"name": "total", **report["totals"][split]}] if len(entries) > 1 else []
-        for entry in [*entries, *total]:
-            row = [entry["name"], *(str(entry[k]) for k in ("in_file", "sampled", "kept"))]
-            row.append(str(sum(entry["rejected"].values())))
-            if deep:
-                row.append(f"{entry['load']['ok']}/{entry['load']['checked']}")
-            table.add_row(*row)
-        console.print(table)
-        reasons = Table(title=f"data.{split} rejections", title_justify="left")
-        for column in ("source", "when", "reason", "count"):
-            reasons.add_column(column, justify="right" if column == "count" else "left")
-        examples = []
-        for entry in entries:
-            load = entry.get("load") or {"failed": {}, "examples": {}}
-            for when, counts, lines in (
-                ("parse", entry["rejected"], entry["examples"]),
-                ("load", load["failed"], load["examples"]),
-            ):
-                for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
-                    reasons.add_row(entry["name"], when, reason, str(count))
-                    examples.append((entry["name"], reason, lines.get(reason, [])))
-        if examples:
-            console.print(reasons)
-        for name, reason, lines in examples:
-            console.print(f"  [bold]{name}[/] {reason}:", highlight=False)
-            for line in lines:
-                console.print(f"    {line}", style="dim", highlight=False, soft_wrap=True)
+        lines += _split_lines(split, entries, report["totals"][split])
+    return lines
+
+
+def _split_lines(split: str, entries: list[dict[str, Any]], totals: dict[str, Any]) -> list[str]:
+    deep = all("load" in entry for entry in entries)
+    header = [
+        "source",
+        "in file",
+        "sampled",
+        "kept",
+        "rejected",
+        "duplicates",
+        *(["loaded ok"] if deep else []),
+    ]
+    rows = []
+    for entry in [*entries, *([{"name": "total", **totals}] if len(entries) > 1 else [])]:
+        row = [entry["name"], *(str(entry[k]) for k in ("in_file", "sampled", "kept"))]
+        row += [str(sum(entry["rejected"].values())), str(entry["duplicates"])]
+        if deep:
+            row.append(f"{entry['load']['ok']}/{entry['load']['checked']}")
+        rows.append(row)
+    lines = format_table(f"data.{split}", header, rows)
+    reasons, examples = [], []
+    for entry in entries:
+        load = entry.get("load") or {"failed": {}, "examples": {}}
+        for when, counts, found in (
+            ("parse", entry["rejected"], entry["examples"]),
+            ("load", load["failed"], load["examples"]),
+        ):
+            for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+                reasons.append([entry["name"], when, reason, str(count)])
+                examples.append((entry["name"], reason, found.get(reason, [])))
+        if entry["duplicates"]:
+            examples.append((entry["name"], "exact duplicates", entry["duplicate_examples"]))
+    if reasons:
+        lines += format_table(f"data.{split} rejections", ["source", "when", "reason", "count"], reasons)
+    if deep:
+        counters = [[e["name"], name, str(n)] for e in entries for name, n in e["load"]["counters"].items()]
+        if counters:
+            lines += format_table(
+                f"data.{split} tags and masks (built samples)", ["source", "counter", "count"], counters
+            )
+    for name, reason, found in examples:
+        lines.append(f"  {name} {reason}:")
+        lines += [f"    {line}" for line in found]
+    return [*lines, *([""] if examples else [])]
 
 
 def _is_file_target(targets: list[str]) -> bool:
@@ -298,6 +337,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="file mode: format")
     parser.add_argument("--sampling", default="all", help="file mode: sampling rule (all, first:N, ...)")
     parser.add_argument("--cache-dir", help="file mode: records cache root (default .cache)")
+    parser.add_argument(
+        "--dedupe", action="store_true", help="file mode: drop exact duplicates (data.dedupe)"
+    )
     parser.add_argument("--config-dir", type=Path, default=CONF_DIR, help="config mode: Hydra config folder")
     args = parser.parse_args(argv)
     if args.render and args.out is None:
@@ -306,31 +348,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the doctor; returns the process exit status (0, or 1 when a split keeps no record)."""
+    """Run the doctor; returns the process exit status.
+
+    0 when every split keeps records and every required source file exists and reads; 1 otherwise;
+    2 for a configuration the doctor cannot use (its one-line reason on standard error).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    console = Console()
-    plan = (
-        plan_from_file(args)
-        if _is_file_target(args.targets)
-        else plan_from_config(args.targets, args.config_dir)
-    )
-    report, mixtures = inspect_plan(plan, deep=args.deep, limit=args.limit)
+    try:
+        plan = (
+            plan_from_file(args)
+            if _is_file_target(args.targets)
+            else plan_from_config(args.targets, args.config_dir)
+        )
+        report, mixtures = inspect_plan(plan, deep=args.deep, limit=args.limit)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.render:
         builder = _builder(plan.data)
-        report["renders"] = {
-            split: render_samples(mixture, builder, args.render, args.out, split)
-            for split, mixture in mixtures.items()
-        }
-    print_report(report, console)
+        with quiet_stderr():
+            report["renders"] = {
+                split: render_samples(mixture, builder, args.render, args.out, split)
+                for split, mixture in mixtures.items()
+            }
+    print("\n".join(report_lines(report)))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
-        console.print(f"report written to {args.json}")
+        print(f"report written to {args.json}")
     empty = [split for split, totals in report["totals"].items() if totals["kept"] == 0]
     if empty:
-        console.print(f"[red]no valid record in: {', '.join(empty)}[/]")
-    return 1 if empty else 0
+        print(f"no valid record in: {', '.join(empty)}")
+    required = [m for m in report["missing"] if not m["optional"]]
+    return 1 if empty or required or report["file_errors"] else 0
 
 
 if __name__ == "__main__":

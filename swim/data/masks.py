@@ -10,6 +10,11 @@ the input pixel under its centre, so a union of resized masks equals the resized
 area-downsampled to the token grid: each cell value is the covered fraction of its 28 x 28 block.
 A cell with no annotated frame is invalid and all zeros.
 
+A mask that decodes with no pixel set (an all-zero RLE, a polygon entirely outside the frame) is
+not ground truth: :func:`decode_frame_masks` leaves its frame out, as if unannotated, and counts it
+as ``mask_dropped/empty``. An instance left with no valid cell then supervises nothing (its tags
+count as ``tag_dropped/no_valid_cell``), so a record with only empty masks trains on CE alone.
+
 Errors raise :class:`~swim.data.schema.SampleError` with reasons ``bad_rle`` (undecodable
 segmentation: junk counts, runs that do not sum to ``h * w``, malformed polygons),
 ``mask_size_mismatch`` (RLE size differs from the video's), ``frame_out_of_range`` and
@@ -19,6 +24,7 @@ segmentation: junk counts, runs that do not sum to ``h * w``, malformed polygons
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,6 +231,7 @@ def decode_frame_masks(
     file: str = "?",
     index: int = -1,
     field: str = "annotation[0]",
+    counters: Counter[str] | None = None,
 ) -> dict[int, np.ndarray]:
     """Decode the instance's masks on the sampled frames that are annotated (and only those).
 
@@ -233,17 +240,24 @@ def decode_frame_masks(
         frame_indices: the sampled frames.
         video_hw: the video's ``(height, width)``.
         num_frames: the video's frame count; annotated frames beyond it raise ``frame_out_of_range``.
+        counters: where ``mask_dropped/empty`` is counted, one per empty mask left out.
 
     Returns:
-        frame index -> ``(height, width)`` bool mask, for each annotated sampled frame.
+        frame index -> ``(height, width)`` bool mask, for each annotated sampled frame whose mask
+        has at least one pixel set.
     """
     frames = annotated_frames(instance, num_frames=num_frames, file=file, index=index, field=field)
     height, width = video_hw
-    return {
-        f: decode_segmentation(frames[f], height, width, file=file, index=index, field=f'{field}["{f}"]')
-        for f in sorted(set(frame_indices))
-        if f in frames
-    }
+    masks = {}
+    for f in sorted(set(frame_indices)):
+        if f not in frames:
+            continue
+        mask = decode_segmentation(frames[f], height, width, file=file, index=index, field=f'{field}["{f}"]')
+        if mask.any():
+            masks[f] = mask
+        elif counters is not None:
+            counters["mask_dropped/empty"] += 1
+    return masks
 
 
 def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -291,6 +305,7 @@ def instance_cell_masks(
     file: str = "?",
     index: int = -1,
     field: str = "annotation[0]",
+    counters: Counter[str] | None = None,
 ) -> InstanceMasks:
     """Ground truth of one instance per temporal cell, on the token grid (and optionally in pixels).
 
@@ -307,6 +322,7 @@ def instance_cell_masks(
         num_frames: the video's frame count; annotated frames beyond it raise ``frame_out_of_range``.
         decoded: masks already decoded by :func:`decode_frame_masks` (not decoded again).
         file, index, field: where the annotation came from, for errors.
+        counters: where :func:`decode_frame_masks` counts empty masks.
 
     Returns:
         :class:`InstanceMasks` with ``T = len(frame_indices) / 2``, ``h, w = H / 28, W / 28``.
@@ -322,7 +338,14 @@ def instance_cell_masks(
         raise ValueError(f"resized size {out_h}x{out_w} is not a positive multiple of {CELL}")
     if decoded is None:
         decoded = decode_frame_masks(
-            instance, frame_indices, video_hw, num_frames=num_frames, file=file, index=index, field=field
+            instance,
+            frame_indices,
+            video_hw,
+            num_frames=num_frames,
+            file=file,
+            index=index,
+            field=field,
+            counters=counters,
         )
     else:
         frames = annotated_frames(instance, num_frames=num_frames, file=file, index=index, field=field)

@@ -16,108 +16,52 @@ Sampling rules pick among the records of the file, before validation, so the rep
 
 ``weight`` is the source's relative draw weight per record for a weighted sampler
 (:meth:`Mixture.sample_weights`); the default sequential or shuffled sampler ignores it.
+
+Exact duplicates (records equal but for their position, after normalisation; across the sources
+of one mixture too) are counted per source in the report; with ``dedupe`` only the first copy is
+kept.
+
+Source configs, keyed by name in the config, optional sources and the parsing of sampling rules
+live in :mod:`swim.data.sources`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from swim.data.cache import RecordStore, build_source_cache, read_status
-from swim.data.records import FORMATS
 from swim.data.schema import Record, RecordError, Rejection
+from swim.data.sources import (
+    MissingSourceError,
+    SourceConfig,
+    SourcesLike,
+    missing_sources,
+    parse_sampling,
+    source_configs,
+)
+
+__all__ = [
+    "MissingSourceError",
+    "Mixture",
+    "SourceConfig",
+    "SourceReport",
+    "build_mixture",
+    "missing_sources",
+    "parse_sampling",
+    "source_cache",
+    "source_configs",
+]
 
 log = logging.getLogger(__name__)
 
 EXAMPLES_PER_REASON = 3
-_RULE = re.compile(r"^(all)$|^(first|end|random):(\d+(?:\.\d+)?)(%?)$")
-
-
-@dataclass
-class SourceConfig:
-    """One source of a mixture (a mapping under ``data.<split>.sources`` in the config).
-
-    Attributes:
-        name: unique name within the mixture, used in reports and ``Record.source``.
-        path: the annotation file (``.json`` array or ``.jsonl``).
-        format: ``auto`` (detected per record) or one of ``nl_refer``, ``llava_video``,
-            ``bench_q``, ``bench_d``.
-        video_root: folder that relative media paths are resolved against; default the file's folder.
-        sampling: ``all``, ``first:N``, ``end:N`` or ``random:N``; N may be a percentage.
-        supervise: attention supervision for this source's records (False: text loss only).
-        weight: relative per-record draw weight for a weighted sampler.
-    """
-
-    name: str
-    path: str
-    format: str = "auto"
-    video_root: str | None = None
-    sampling: str = "all"
-    supervise: bool = True
-    weight: float = 1.0
-
-    @classmethod
-    def from_any(cls, value: SourceConfig | dict[str, Any]) -> SourceConfig:
-        """A config from a dataclass or a mapping (e.g. an OmegaConf node turned into a dict)."""
-        if isinstance(value, SourceConfig):
-            return value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(
-                f"source {value.get('name', '?')!r}: unknown keys {unknown}; expected {sorted(known)}"
-            )
-        return cls(
-            **{
-                key: (str(v) if key in ("path", "video_root") and v is not None else v)
-                for key, v in value.items()
-            }
-        )
-
-    def validate(self) -> None:
-        if self.format != "auto" and self.format not in FORMATS:
-            raise ValueError(
-                f"source {self.name!r}: format={self.format!r}; expected 'auto' or one of {FORMATS}"
-            )
-        parse_sampling(self.sampling, 1, seed=0, name=self.name)
-        if not (self.weight >= 0 and math.isfinite(self.weight)):
-            raise ValueError(f"source {self.name!r}: weight={self.weight!r}; expected a finite number >= 0")
-
-
-def parse_sampling(rule: str, n: int, *, seed: int, name: str) -> np.ndarray:
-    """The positions (``0 <= p < n``, ascending) that sampling ``rule`` picks among ``n`` records.
-
-    Returns:
-        ``(K,)`` int64 positions.
-    """
-    match = _RULE.match(rule.strip()) if isinstance(rule, str) else None
-    if match is None:
-        raise ValueError(
-            f"source {name!r}: sampling={rule!r}; expected all, first:N, end:N or random:N (N or N%)"
-        )
-    if match.group(1):
-        return np.arange(n, dtype=np.int64)
-    kind, number, percent = match.group(2), float(match.group(3)), bool(match.group(4))
-    if percent and number > 100:
-        raise ValueError(f"source {name!r}: sampling={rule!r}; a percentage must be at most 100%")
-    if not percent and number != int(number):
-        raise ValueError(f"source {name!r}: sampling={rule!r}; a count must be a whole number")
-    count = min(n, math.floor(n * number / 100 + 0.5) if percent else int(number))
-    if kind == "first":
-        return np.arange(count, dtype=np.int64)
-    if kind == "end":
-        return np.arange(n - count, n, dtype=np.int64)
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return np.sort(rng.choice(n, size=count, replace=False)).astype(np.int64)
 
 
 @dataclass
@@ -125,6 +69,8 @@ class SourceReport:
     """What one source gave: records in the file, sampled, kept, and rejected by reason.
 
     ``examples`` holds, per reason, the first few rejections as ``str(Rejection)`` lines.
+    ``duplicates`` counts the sampled valid records that repeat an earlier record of the mixture
+    exactly (dropped, and not in ``kept``, with ``dedupe``); ``duplicate_examples`` names the first.
     """
 
     name: str
@@ -135,6 +81,8 @@ class SourceReport:
     kept: int
     rejected: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    duplicates: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,51 +146,105 @@ class Mixture(Sequence[Record]):
 
 
 def build_mixture(
-    sources: Sequence[SourceConfig | dict[str, Any]],
+    sources: SourcesLike,
     *,
     seed: int,
     cache_dir: str | Path,
     strict: bool,
     check_files: bool = True,
+    dedupe: bool = False,
 ) -> Mixture:
     """Validate (or read from the cache) every source, apply its sampling rule, and mix.
 
     Args:
-        sources: the source configs, in order.
+        sources: the source configs, in order (see :func:`source_configs`).
         seed: seed of the ``random:`` sampling rules.
         cache_dir: root of the records cache (``<cache_dir>/records/<key>``).
         strict: raise :class:`RecordError` for the first rejected record among the sampled ones
             instead of counting it.
         check_files: stat media paths during validation (part of the cache key).
+        dedupe: keep only the first copy of records that are exact duplicates (they are counted
+            either way).
 
     Raises:
         ValueError: a bad source config (duplicate name, unknown format or sampling rule).
-        FileNotFoundError: a source file that does not exist.
+        MissingSourceError: a source file that does not exist (not raised for an optional source).
         RecordError: in strict mode, naming file, record index, field and reason.
     """
-    configs = [SourceConfig.from_any(s) for s in sources]
+    configs = source_configs(sources)
+    for config in missing_sources(configs):
+        if not config.optional:
+            raise MissingSourceError(config)
+        log.warning("data source %r: %s does not exist; optional, so left out", config.name, config.path)
+    configs = [c for c in configs if Path(c.path).is_file()]
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"mixture sources must have unique names; repeated: {duplicates}")
     built, reports = [], []
+    first: dict[str, str] = {}  # digest -> "source record i" of its first copy
     for config in configs:
         config.validate()
-        path = Path(config.path).absolute()
-        video_root = Path(config.video_root) if config.video_root is not None else path.parent
-        folder = build_source_cache(
-            path, fmt=config.format, video_root=video_root, cache_dir=cache_dir, check_files=check_files
-        )
+        path = str(Path(config.path).absolute())
+        folder = source_cache(config, cache_dir=cache_dir, check_files=check_files)
         status = read_status(folder)
         picked = parse_sampling(config.sampling, status.num_rows, seed=seed, name=config.name)
         rows = status.column("row").to_numpy()[picked]
         rejected = picked[rows < 0]
         if strict and len(rejected):
-            raise RecordError(_rejection(status, int(rejected[0]), str(path)))
-        reports.append(_report(config, folder, status, picked, rejected, str(path)))
-        built.append(_Source(config, RecordStore(folder, str(path)), _compact(rows[rows >= 0])))
-        log.info("source %s: %s", config.name, _summary(reports[-1]))
+            raise RecordError(_rejection(status, int(rejected[0]), path))
+        report = _report(config, folder, status, picked, rejected, path)
+        copies = _duplicates(config.name, status, picked[rows >= 0], first, report)
+        if copies:
+            log.warning(
+                "source %s: %d exact duplicate record(s), %s (first: %s)",
+                config.name,
+                len(copies),
+                "dropped (data.dedupe)" if dedupe else "kept",
+                report.duplicate_examples[0],
+            )
+        keep = rows >= 0
+        if dedupe and copies:
+            keep &= ~np.isin(picked, np.asarray(copies, dtype=np.int64))
+            report.kept -= len(copies)
+        reports.append(report)
+        built.append(_Source(config, RecordStore(folder, path), _compact(rows[keep])))
+        log.info("source %s: %s", config.name, _summary(report))
     return Mixture(built, reports)
+
+
+def source_cache(config: SourceConfig, *, cache_dir: str | Path, check_files: bool = True) -> Path:
+    """The validated-records cache folder of one source (built on first use; ``swim.data.cache``).
+
+    Raises:
+        AnnotationFileError: the file is not a JSON array or JSON Lines as a whole.
+    """
+    path = Path(config.path).absolute()
+    video_root = Path(config.video_root) if config.video_root is not None else path.parent
+    return build_source_cache(
+        path, fmt=config.format, video_root=video_root, cache_dir=cache_dir, check_files=check_files
+    )
+
+
+def _duplicates(
+    name: str, status: Any, valid: np.ndarray, first: dict[str, str], report: SourceReport
+) -> list[int]:
+    """Positions among ``valid`` (sampled, kept) whose record repeats an earlier one; fills ``report``."""
+    digests = status.column("digest").to_pylist()
+    indices = status.column("index").to_pylist()
+    copies = []
+    for position in valid.tolist():
+        digest, where = digests[position], f"{name} record {indices[position]}"
+        if digest not in first:
+            first[digest] = where
+            continue
+        copies.append(position)
+        if len(report.duplicate_examples) < EXAMPLES_PER_REASON:
+            report.duplicate_examples.append(
+                f"{report.path}: record {indices[position]} repeats {first[digest]}"
+            )
+    report.duplicates = len(copies)
+    return copies
 
 
 def _compact(rows: np.ndarray) -> range | np.ndarray:
@@ -280,6 +282,8 @@ def _report(
 
 def _summary(report: SourceReport) -> str:
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(report.rejected.items()))
-    return f"{report.in_file} in file, {report.sampled} sampled, {report.kept} kept" + (
-        f", rejected: {rejected}" if rejected else ""
+    return (
+        f"{report.in_file} in file, {report.sampled} sampled, {report.kept} kept"
+        + (f", rejected: {rejected}" if rejected else "")
+        + (f", {report.duplicates} exact duplicates" if report.duplicates else "")
     )

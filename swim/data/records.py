@@ -15,7 +15,9 @@ Conventions fixed here:
   ``Turn.visual_offset``. Either placeholder may stand for either medium (LLaVA data writes
   ``<image>`` for videos too), but a record has at most one, and only in a user turn. A record
   with a visual input and no placeholder gets offset 0 of its first user turn.
-- ``<ins>`` tags are checked on the placeholder-free text. Unbalanced, nested and empty tags are
+- ``<ins>`` tags are matched in any letter case (``<INS>``, ``<Ins>``) and stored lower-case, so
+  every later stage sees ``<ins>``. They are checked on the placeholder-free text. Unbalanced,
+  nested and empty tags are
   ``bad_tags``. A tag whose phrase contains no letter or digit (``<ins>,</ins>``, ``<ins>--</ins>``)
   is ``tag_without_word``: the phrase names no word, so no token of it can be supervised.
 - Bench records get turns usable for teacher forcing: ``bench_q`` asks the question followed by
@@ -23,25 +25,39 @@ Conventions fixed here:
   question if it has one, else :data:`BENCH_D_PROMPT` naming the object, and answers with
   ``caption``. All other top-level fields of any format go to ``Record.extra`` unchanged.
 - ``Record.annotation`` keys are the frame indices as ints; segmentations are kept as in the file.
+- Values out of range are rejected before anything else, naming the field: an integer of more than
+  ``MAX_INT_DIGITS`` digits (``number_too_large``), a string (or key) of more than
+  :data:`MAX_STRING_CHARS` characters (``string_too_long``), nesting deeper than :data:`MAX_DEPTH`
+  (``too_deep``), bytes that are not UTF-8 (``invalid_utf8``).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, get_args
 
-from swim.data.annotation import Invalid, int_like, json_kind, parse_annotation
+from swim.data.annotation import (
+    MAX_INT_DIGITS,
+    Invalid,
+    OversizedInt,
+    int_like,
+    json_kind,
+    parse_annotation,
+    short_repr,
+)
 from swim.data.schema import Format, Record, RecordError, Rejection, Turn
-from swim.data.tags import TagError, strip_tags
+from swim.data.tags import OPEN_TAG, TagError, normalise_tags, strip_tags
 
 FORMATS: tuple[str, ...] = get_args(Format)
 TRAINING_FORMATS = ("nl_refer", "llava_video")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 _PLACEHOLDER = re.compile(r"<video>\n?|<image>\n?")
 _WORD = re.compile(r"\w")
-_SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]", re.IGNORECASE)
+# Longest string (or object key) in a record; RLE counts of a 4K mask stay far below it.
+MAX_STRING_CHARS = 1 << 22
+# Deepest nesting of arrays and objects in a record (polygons need 5 levels below the record).
+MAX_DEPTH = 32
 
 # The reference description prompt of VideoRefer-Bench-D; ``{object}`` is the object's reference:
 # its ``<ins>``-tagged name in the NL-Refer form, VideoRefer's ``<object0><region>`` otherwise.
@@ -52,6 +68,9 @@ OBJECT_FIELDS = ("object", "expression", "ref", "referring_expression", "name")
 
 REJECTION_REASONS: dict[str, str] = {
     "bad_json": "the line or record is not valid JSON",
+    "too_deep": "arrays or objects nested deeper than the record format allows",
+    "number_too_large": f"an integer of more than {MAX_INT_DIGITS} digits",
+    "string_too_long": "a string or key longer than MAX_STRING_CHARS characters",
     "invalid_utf8": "a string holds bytes that are not valid UTF-8",
     "not_an_object": "the record is not a JSON object",
     "unknown_format": "no DATA.md format matches the record's fields",
@@ -68,6 +87,7 @@ REJECTION_REASONS: dict[str, str] = {
     "missing_image": "the image file does not exist",
     "bad_annotation": "`annotation` is not a list of {frame: {segmentation}} mappings",
     "bad_frame_key": "an annotation frame key is not a non-negative integer",
+    "duplicate_frame": "two frame keys of one instance name the same frame (7 and 07)",
     "bad_rle": "an RLE segmentation without valid size [h, w] and counts",
     "bad_polygon": "a polygon segmentation that is not lists of >= 6 numbers of even length",
     "bad_frame_idx": "`frame_idx` is not a non-negative integer",
@@ -151,8 +171,7 @@ def _parse(
         fmt = format
     else:
         raise ValueError(f"format={format!r}: expected 'auto' or one of {FORMATS}")
-    if _SURROGATE_ESCAPE.search(json.dumps(raw)):
-        _check_utf8(raw, "")
+    _check_values(raw, "", 0)
 
     video = _media(raw, "video", video_root, check_files, "missing_video")
     image = _media(raw, "image", video_root, check_files, "missing_image")
@@ -194,23 +213,40 @@ def _parse(
     )
 
 
-def _check_utf8(value: Any, field: str) -> None:
-    """Reject strings holding undecodable bytes (lone surrogates from a ``surrogateescape`` read)."""
+def _check_values(value: Any, field: str, depth: int) -> None:
+    """Reject values out of range (module docs) and strings with undecodable bytes (lone
+    surrogates from a ``surrogateescape`` read), naming the field."""
+    where = field or "<record>"
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            bad = value[err.start : err.end].encode("utf-8", "surrogateescape")
-            raise Invalid(
-                field or "<record>", "invalid_utf8", f"bytes {bad!r} at character {err.start}"
-            ) from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_utf8(key, field or "<record>")
-            _check_utf8(item, f"{field}.{key}" if field else key)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_utf8(item, f"{field}[{i}]")
+        _check_string(value, where)
+    elif isinstance(value, OversizedInt):
+        raise Invalid(
+            where, "number_too_large", f"an integer of {value.digits} digits (at most {MAX_INT_DIGITS})"
+        )
+    elif isinstance(value, (dict, list)):
+        if depth >= MAX_DEPTH:
+            raise Invalid(where, "too_deep", f"nested more than {MAX_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_string(key, where)
+                name = key if len(key) <= 40 else short_repr(key)
+                inner = f"{field}.{name}" if field else name
+            else:
+                inner = f"{field}[{key}]"
+            _check_values(item, inner, depth + 1)
+
+
+def _check_string(value: str, field: str) -> None:
+    if len(value) > MAX_STRING_CHARS:
+        raise Invalid(
+            field, "string_too_long", f"a string of {len(value)} characters (at most {MAX_STRING_CHARS})"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = value[err.start : err.end].encode("utf-8", "surrogateescape")
+        raise Invalid(field, "invalid_utf8", f"bytes {bad!r} at character {err.start}") from None
 
 
 def _media(raw: dict, key: str, root: Path, check: bool, missing: str) -> str | None:
@@ -272,7 +308,7 @@ def _field(raw: dict, *names: str) -> tuple[str, Any]:
     for name in names:
         if name in raw:
             return name, raw[name]
-    raise Invalid(names[0], "missing_field", f"expected a `{names[0]}` field")
+    raise Invalid(names[0], "missing_field", f"the record has no `{names[0]}` field")
 
 
 def _bench_q(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
@@ -298,8 +334,8 @@ def _bench_d(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
         question = _text(question, key)
     else:
         name = next((key for key in OBJECT_FIELDS if key in raw), None)
-        reference = "<object0><region>" if name is None else _text(raw[name], name)
-        if name is not None and "<ins>" not in reference:
+        reference = "<object0><region>" if name is None else normalise_tags(_text(raw[name], name))
+        if name is not None and OPEN_TAG not in reference:
             reference = f"<ins>{reference}</ins>"
         question = BENCH_D_PROMPT.format(object=reference)
     extra["question"] = question
@@ -309,7 +345,7 @@ def _bench_d(raw: dict) -> tuple[list[Turn], dict[str, Any]]:
 def _frame_idx(value: Any) -> int:
     number = int_like(value)
     if number is None or number < 0:
-        raise Invalid("frame_idx", "bad_frame_idx", f"{value!r}; expected a non-negative integer")
+        raise Invalid("frame_idx", "bad_frame_idx", f"{short_repr(value)}; expected a non-negative integer")
     return number
 
 
@@ -329,7 +365,7 @@ def _place_visual(turns: list[Turn]) -> list[Turn]:
                     field, "bad_placeholder", f"a second visual placeholder (first in {seen or field})"
                 )
             seen, offset = field, matches[0].start()
-        text = _PLACEHOLDER.sub("", turn.text)
+        text = normalise_tags(_PLACEHOLDER.sub("", turn.text))
         _check_tags(text, field)
         placed.append(Turn(turn.role, text, offset))
     if seen is None:

@@ -54,7 +54,8 @@ class Sample:
         cell_masks: ``N`` tensors ``(T, h, w)`` float; ``cell_valid``: ``N`` tensors ``(T,)`` bool.
         pixel_masks: ``N`` tensors ``(T, H, W)`` float, or ``None`` when not asked for.
         phrases: the tagged phrase of each phrase index.
-        counters: events while building it (``tag_dropped/<reason>``, ``tags/kept``, ``skip/<reason>``).
+        counters: events while building it (``tag_dropped/<reason>``, ``tags/kept``,
+            ``mask_dropped/<reason>``).
     """
 
     id: str
@@ -304,6 +305,7 @@ class SampleBuilder:
                 file=record.file,
                 index=record.index,
                 field=f"annotation[{j}]",
+                counters=counters,
             )
             if bool(instance_masks.cell_valid.any()):
                 masks.append(instance_masks)

@@ -1,6 +1,7 @@
 """``<ins>...</ins>`` tags: find them, remove them, and keep where they stood.
 
-Tags mark the words that name the referred object; the model never sees them. Stripping returns
+Tags mark the words that name the referred object; the model never sees them. They are matched
+in any letter case (``<INS>...</Ins>``); :func:`normalise_tags` writes them lower-case. Stripping returns
 the clean text and, per tag, the character span ``[start, end)`` of the tagged words in that
 clean text. Token alignment maps these spans through the fast tokenizer's offsets elsewhere.
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 OPEN_TAG = "<ins>"
 CLOSE_TAG = "</ins>"
-_TAG = re.compile(r"</?ins>")
+_TAG = re.compile(r"</?ins>", re.IGNORECASE)
 
 
 class TagError(ValueError):
@@ -30,6 +31,11 @@ class TagSpan:
     start: int
     end: int
     phrase: str
+
+
+def normalise_tags(text: str) -> str:
+    """``text`` with every ``<ins>``/``</ins>`` tag, in whatever letter case, written lower-case."""
+    return _TAG.sub(lambda match: match.group().lower(), text)
 
 
 def strip_tags(text: str) -> tuple[str, list[TagSpan]]:
@@ -53,7 +59,7 @@ def strip_tags(text: str) -> tuple[str, list[TagSpan]]:
         pieces.append(chunk)
         clean_len += len(chunk)
         cursor = match.end()
-        if match.group() == OPEN_TAG:
+        if match.group().lower() == OPEN_TAG:
             if open_at is not None:
                 raise TagError("nested <ins> tag", match.start())
             open_at, open_pos = clean_len, match.start()

@@ -59,7 +59,13 @@ from swim.model.optim import (
     parameter_counts,
 )
 from swim.model.probe import AttentionProbe, probe_request
-from swim.model.step import StepOutput, labelled_cross_entropy, visual_anchor, zero_weighted_loss
+from swim.model.step import (
+    StepOutput,
+    labelled_cross_entropy,
+    skipped_records,
+    visual_anchor,
+    zero_weighted_loss,
+)
 from swim.model.structured import loss_config, to_dataclass
 
 log = logging.getLogger(__name__)
@@ -88,12 +94,16 @@ class SwimModule(LightningModule):
     ``train/label_tokens``, ``train/lr``, ``train/tokens_per_s`` (real tokens / wall time of the
     batch's forward, backward and optimiser step), ``train/nonfinite_skips``; with supervised rows
     ``train/attn_loss``, ``train/attn_pairs``, ``train/attn_in_mask/layer_{i}`` and ``/fused``;
-    ``data/<counter>``: running totals of the batches' ``counters`` (restored on resume).
+    ``data/<counter>``: running totals of the batches' ``counters`` (restored on resume), among
+    them ``data/skipped_records/<reason>`` (records whose sample could not be built: one per bad
+    record and epoch) and ``data/skipped_batches`` (batches whose records all failed: stepped over,
+    no optimiser update from them).
     Validation (epoch means, synchronised): ``val/loss``, ``val/text_loss``, ``val/attn_loss`` and
     the fused map's grounding metrics ``val/pointing_game``, ``val/pointing_top5``, ``val/iou50``,
     ``val/dice``, ``val/roc_auc``, ``val/average_precision``, ``val/attn_in_mask``,
     ``val/num_pairs``, ``val/num_samples``, ``val/num_empty_masks``; the same per layer under
-    ``val/layer_{i}/``. :attr:`last_val_maps` holds the fused maps of ``heatmap_samples`` samples
+    ``val/layer_{i}/``; ``val/skipped_records/<reason>``: the validation records skipped, summed
+    over ranks. :attr:`last_val_maps` holds the fused maps of ``heatmap_samples`` samples
     (the first supervised ones of the first validation, the same ids afterwards).
     """
 
@@ -141,6 +151,7 @@ class SwimModule(LightningModule):
         self._heatmap_ids: list[str] | None = None
         self._epoch_maps: dict[str, SampleHeatmaps] = {}
         self._val_samples_seen = 0
+        self._val_counters: Counter[str] = Counter()
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -231,6 +242,8 @@ class SwimModule(LightningModule):
         if nonfinite:
             return self._skip(step, batch, batch_idx)
         self._nonfinite_in_a_row = 0
+        if batch.placeholder:
+            return self._step_over(step)
         metrics = {
             "train/loss": step.loss,
             "train/text_loss": step.text_loss,
@@ -245,9 +258,17 @@ class SwimModule(LightningModule):
                 metrics[f"train/attn_in_mask/layer_{layer}"] = mass
             if step.attention.fused_mass_in_mask is not None:
                 metrics["train/attn_in_mask/fused"] = step.attention.fused_mass_in_mask
-        metrics.update({f"data/{name}": float(total) for name, total in self.data_counters.items()})
+        metrics.update(self._data_metrics())
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=size)
         return step.loss
+
+    def _data_metrics(self) -> dict[str, float]:
+        return {f"data/{name}": float(total) for name, total in self.data_counters.items()}
+
+    def _step_over(self, step: StepOutput) -> Tensor | None:
+        """A placeholder batch (all its records skipped): no update; a zero-weighted backward where needed."""
+        self.log_dict(self._data_metrics(), on_step=True, on_epoch=False, batch_size=1)
+        return zero_weighted_loss(step) if self._needs_backward_everywhere() else None
 
     def on_train_batch_end(self, outputs: Any, batch: SwimBatch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_started
@@ -308,7 +329,10 @@ class SwimModule(LightningModule):
 
     def validation_step(self, batch: SwimBatch, batch_idx: int) -> None:
         """Losses, grounding metrics of the fused and per-layer maps, and heatmap snapshots."""
+        self._val_counters.update(batch.counters)
         step = self.forward_losses(batch, capture=True)
+        if batch.placeholder:
+            return
         size = batch.batch_size
         self.log("val/loss", step.loss, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("val/text_loss", step.text_loss, on_epoch=True, batch_size=size, sync_dist=True)
@@ -355,6 +379,9 @@ class SwimModule(LightningModule):
             self._heatmap_ids = list(self._epoch_maps)
         self.last_val_maps = [self._epoch_maps[i] for i in self._heatmap_ids if i in self._epoch_maps]
         self._val_samples_seen = 0
+        for name, count in skipped_records(self._val_counters, self.trainer.world_size).items():
+            self.log(f"val/{name}", float(count))
+        self._val_counters.clear()
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

@@ -6,12 +6,16 @@ collectives, and Lightning forbidding a skipped backward with several processes)
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from swim.data.dataset import SKIPPED_PREFIX
 from swim.losses import AttentionLossOutput
 from swim.losses.fusion import upcast
 
@@ -93,3 +97,19 @@ def zero_weighted_loss(step: StepOutput) -> Tensor:
     if not bool(torch.isfinite(step.text_loss)):
         terms.append(torch.nan_to_num(step.text_loss, nan=0.0, posinf=0.0, neginf=0.0))
     return sum((term * 0.0 for term in terms), start=step.text_loss.new_zeros(()))
+
+
+def skipped_records(counters: Mapping[str, int], world_size: int) -> dict[str, int]:
+    """The ``skipped_records/<reason>`` entries of ``counters``, summed over all ranks.
+
+    Every rank must call it (an object all-gather when ``world_size > 1``); each gets the same totals.
+    """
+    local = {name: int(n) for name, n in counters.items() if name.startswith(SKIPPED_PREFIX)}
+    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return dict(sorted(local.items()))
+    gathered: list[dict[str, int] | None] = [None] * world_size
+    dist.all_gather_object(gathered, local)
+    total: Counter[str] = Counter()
+    for part in gathered:
+        total.update(part or {})
+    return dict(sorted(total.items()))
