@@ -65,9 +65,6 @@ from swim.model.structured import loss_config, to_dataclass
 log = logging.getLogger(__name__)
 
 # GroundingMetrics' names -> the names logged under val/ (the rest are logged as they are).
-VAL_METRIC_NAMES = {"pointing": "pointing_game", "iou": "iou50", "mass_in_mask": "attn_in_mask"}
-
-
 class SwimModule(LightningModule):
     """Qwen2.5-VL + attention probe + SWIM loss.
 
@@ -344,7 +341,7 @@ class SwimModule(LightningModule):
             prefix = "val" if name == "fused" else f"val/{name}"
             for key, value in values.items():
                 if math.isfinite(float(value)):
-                    self.log(f"{prefix}/{VAL_METRIC_NAMES.get(key, key)}", float(value))
+                    self.log(f"{prefix}/{key}", float(value))
         if self._heatmap_ids is None:
             self._heatmap_ids = list(self._epoch_maps)
         self.last_val_maps = [self._epoch_maps[i] for i in self._heatmap_ids if i in self._epoch_maps]

@@ -27,7 +27,6 @@ from rich.console import Console
 from swim.data.datamodule import SwimDataModule
 from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.model.backbone import BackboneConfig, load_processor
-from swim.model.module import VAL_METRIC_NAMES
 from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
@@ -137,7 +136,7 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
             update_from_maps(metrics[name], maps, batch.supervision, sample_index)
     columns = {
         name: {
-            f"val/{VAL_METRIC_NAMES.get(key, key)}": float(value)
+            f"val/{key}": float(value)
             for key, value in metric.compute().items()
             if not key.startswith("num_")
         }
