@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, read_wandb_run, run_train_py
 
 from swim.model.maps import RowHeatmap, SampleHeatmaps
@@ -21,6 +22,7 @@ from swim.train.checkpoints import resolve_ckpt_path
 from swim.train.heatmaps import RAMP, render_rows
 from swim.train.sweep import collect_jobs, write_summary
 from swim.train.utils import REDACTED, count_parameters, redact_secrets
+from swim.train.wandb_run import read_run_id
 
 
 def train_in_process(overrides: list[str], run_dir: Path) -> dict:
@@ -59,7 +61,12 @@ def test_training_run_writes_checkpoints_logs_heatmaps_and_metrics(
     assert run.tags == ["demo"]
     with (run_dir / "csv" / "version_0" / "metrics.csv").open() as handle:
         assert "train/attn_loss" in next(csv.reader(handle))
-    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "val/attention_heatmaps" in events.Tags()["images"]
+    assert "train/attn_loss" in events.Tags()["scalars"]
+    # The W&B run id is kept in the run dir, for a resumed run to continue the same run.
+    assert read_run_id(run_dir) == run.run_id
     (panel,) = (run_dir / "heatmaps").glob("step_*.png")
     assert Image.open(panel).size[0] > 0
 

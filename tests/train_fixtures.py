@@ -36,6 +36,7 @@ FAST = [
     "data.batch_size=2",
     "trainer.max_steps=2",
     "trainer.limit_val_batches=1",
+    "trainer.val_check_interval=1.0",
     "trainer.log_every_n_steps=1",
     "model.scheduler.name=constant",
 ]

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from rich.console import Console
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
@@ -56,7 +57,8 @@ def heatmap_rows(
 class AttentionHeatmaps(Callback):
     """Every ``every_n_val`` validations, draw the fused attention of a fixed set of rows next to the GT.
 
-    The panel goes to every W&B logger as ``val/attention_heatmaps`` (a ``wandb.Image``) and, when
+    The panel goes to every W&B logger as ``val/attention_heatmaps`` (a ``wandb.Image``), to every
+    TensorBoard logger under the same tag, and, when
     ``save_dir`` is set, to ``<save_dir>/step_<global_step>.png``.
 
     Args:
@@ -100,11 +102,30 @@ class AttentionHeatmaps(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.KEY, images=[panel], caption=[caption], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(
+                    self.KEY, np.asarray(panel), trainer.global_step, dataformats="HWC"
+                )
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             path = self.save_dir / f"step_{trainer.global_step:07d}.png"
             panel.save(path)
             self.saved.append(path)
+
+
+class LastValidationStep(Callback):
+    """Remembers the global step of the last validation run during fit (``None``: none ran).
+
+    ``train.py`` skips its post-fit ``validate`` when the fit's last validation ran at the final
+    step: it would repeat the same numbers and log everything twice.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.step = trainer.global_step
 
 
 class RunInfoLogger(Callback):
