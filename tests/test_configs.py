@@ -84,7 +84,8 @@ def test_default_config_is_the_cpu_demo(tmp_path: Path):
     assert cfg.callbacks.best_checkpoint.mode == "max"
     assert cfg.callbacks.last_checkpoint.save_last is True
     assert cfg.callbacks.last_checkpoint.dirpath == cfg.callbacks.preemption.dirpath
-    assert cfg.callbacks.rich_progress_bar._target_.endswith("RichProgressBar")
+    assert cfg.callbacks.rich_progress_bar._target_ == "swim.train.console.StepProgressBar"
+    assert cfg.callbacks.best_checkpoint.save_weights_only is True
     assert cfg.optimized_metric == "val/pointing_game"
 
 
@@ -135,9 +136,10 @@ def test_optuna_search_and_slurm_launcher_configure_hydra():
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
 
 
-def test_hydra_config_registers_the_sweep_summary():
+def test_hydra_config_registers_the_sweep_summary_and_the_overrides_history():
     cfg = compose_with_hydra([])
     assert cfg.hydra.callbacks.sweep_summary._target_ == "swim.train.sweep.SweepSummary"
+    assert cfg.hydra.callbacks.overrides_history._target_ == "swim.train.history.OverridesHistory"
     assert cfg.hydra.job.chdir is False
 
 
