@@ -22,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from swim.cli import run as run_cli
 from swim.train.task import task_wrapper
 
 log = logging.getLogger("train")
@@ -139,4 +140,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train.py", "train")
