@@ -15,11 +15,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, read_wandb_run, run_train_py
 
+from swim.model.backbone import build_processor
 from swim.model.maps import RowHeatmap, SampleHeatmaps
 from swim.train.ablation import ablation_columns, ablation_runs, seed_ratios
 from swim.train.callbacks import heatmap_rows
 from swim.train.checkpoints import resolve_ckpt_path
-from swim.train.heatmaps import RAMP, render_rows
+from swim.train.heatmaps import COLORBAR_PX, LABEL_PX, RAMP, render_rows
 from swim.train.sweep import collect_jobs, write_summary
 from swim.train.utils import REDACTED, count_parameters, redact_secrets
 from swim.train.wandb_run import read_run_id
@@ -187,7 +188,7 @@ def test_heatmap_panel_draws_attention_over_cells_next_to_the_mask():
     mask[0, 1, 2] = 1.0
     rows = [
         RowHeatmap(
-            token_id=2518,
+            token_id=token_id,
             token_position=position,
             phrase=0,
             instance=0,
@@ -195,21 +196,30 @@ def test_heatmap_panel_draws_attention_over_cells_next_to_the_mask():
             cell_masks=mask,
             cell_valid=torch.tensor([True, False]),
         )
-        for position in (40, 41)
+        for token_id, position in ((2518, 40), (12671, 41))
     ]
     sample = SampleHeatmaps(sample_id="demo/0", grid=(2, 3, 4), rows=rows)
-    picked = heatmap_rows([sample, sample], max_rows=4)
-    assert [row.title.split(" | ")[:2] for row in picked] == [["demo/0", "phrase 0"]] * 2
+    tokenizer = build_processor().tokenizer
+    picked = heatmap_rows([sample, sample], max_rows=4, tokenizer=tokenizer)
+    # One row per phrase, titled with the whole phrase; the attention peak is inside the mask in cell 0.
+    phrase = tokenizer.decode([2518, 12671]).strip()
+    assert [row.title.split(" | ")[:2] for row in picked] == [["demo/0", f"phrase 0 {phrase!r}"]] * 2
+    assert picked[0].scores == [1.0, None]
     panel = np.asarray(render_rows(picked, tile_px=40))
     step, title = 40 + 2, 14
-    assert panel.shape == (2 * (title + 2 * step), 2 * step, 3)
+    assert panel.shape == (2 * (title + 2 * step) + COLORBAR_PX + title, LABEL_PX + 2 * step, 3)
     # Cell 0: the attention's peak (token row 1, column 2) is the ramp's top colour, elsewhere its bottom.
     tile_h = 30  # 40 * 3 / 4
-    peak = panel[title + tile_h // 2, 2 * 10 + 5]
+    peak = panel[title + tile_h // 2, LABEL_PX + 2 * 10 + 5]
     assert np.abs(peak.astype(int) - RAMP[-1]).max() <= 1
-    assert np.abs(panel[title + 2, 2].astype(int) - RAMP[0]).max() <= 1
-    # Cell 1 has no ground truth: its mask tile is grey.
-    assert (panel[title + step + 5, step + 5] == 96).all()
+    assert np.abs(panel[title + tile_h - 2, LABEL_PX + 2].astype(int) - RAMP[0]).max() <= 1
+    # The label column holds text (dark pixels) next to both rows; the colour bar runs low to high.
+    assert panel[title : title + 12, :LABEL_PX].min() < 100
+    assert panel[title + step : title + step + 12, :LABEL_PX].min() < 100
+    bar = panel[2 * (title + 2 * step) + COLORBAR_PX // 2, LABEL_PX:]
+    assert (
+        np.abs(bar[0].astype(int) - RAMP[0]).max() <= 2 and np.abs(bar[-1].astype(int) - RAMP[-1]).max() <= 2
+    )
 
 
 def test_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch):
