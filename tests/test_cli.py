@@ -134,6 +134,8 @@ def test_missing_data_and_weights_fail_before_anything_is_built(
         assert output.count(str(missing / name)) == 1, output[-3000:]
     assert "$SWIM_QWEN_7B" in output and "4 problem(s)" in output
     assert "Traceback" not in output
+    # Lightning's lines reach the console once (through Hydra's handler), not twice.
+    assert output.count("Seed set to 42") == 1
     # Nothing was built: no W&B run, no checkpoints; the start is recorded.
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]
     assert "overrides_history.yaml" in {p.name for p in (run_dir / ".hydra").iterdir()}

@@ -65,7 +65,6 @@ from swim.model.structured import loss_config, to_dataclass
 log = logging.getLogger(__name__)
 
 
-# GroundingMetrics' names -> the names logged under val/ (the rest are logged as they are).
 class SwimModule(LightningModule):
     """Qwen2.5-VL + attention probe + SWIM loss.
 
