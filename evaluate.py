@@ -19,6 +19,7 @@ from rich.markdown import Markdown
 
 from swim.cli import run as run_cli
 from swim.eval.tasks import run
+from swim.train.console import quiet_known_noise
 from swim.train.preflight import ConfigError, check_eval_config
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     stops the run with one message listing all of them (exit status 2), before any model loads.
     """
     run_dir = cfg.paths.output_dir
+    quiet_known_noise()
     try:
         check_eval_config(cfg)
     except ConfigError as err:

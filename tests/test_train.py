@@ -7,19 +7,24 @@ import csv
 import json
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, read_wandb_run, run_train_py
 
 from swim.model.backbone import build_processor
-from swim.model.maps import RowHeatmap, SampleHeatmaps
+from swim.model.maps import RowHeatmap, SampleHeatmaps, cell_frames
 from swim.train.ablation import ablation_columns, ablation_runs, seed_ratios
 from swim.train.callbacks import heatmap_rows
 from swim.train.checkpoints import resolve_ckpt_path
+from swim.train.console import StepProgressBar
 from swim.train.heatmaps import COLORBAR_PX, LABEL_PX, RAMP, render_rows
 from swim.train.sweep import collect_jobs, write_summary
 from swim.train.utils import REDACTED, count_parameters, redact_secrets
@@ -308,3 +313,59 @@ def test_optuna_search_runs_trials_and_records_the_best(
     assert set(best["best_params"]) == {"loss.mask_weight", "loss.layers"}
     with (sweep_dir / "sweep_summary.csv").open() as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["finished", "finished"]
+
+
+def test_cell_frames_undo_the_processors_patchify():
+    video_processor = build_processor().video_processor
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+    out = video_processor(videos=[frames], return_tensors="pt")
+    got = cell_frames(
+        out["pixel_values_videos"],
+        out["video_grid_thw"],
+        0,
+        video_processor.image_mean,
+        video_processor.image_std,
+    )
+    # The first frame of each temporal cell (frames 0 and 2), back to uint8 within rounding.
+    assert got.shape == (2, 56, 84, 3)
+    assert np.abs(got.astype(int) - frames[::2].astype(int)).max() <= 1
+
+
+class _LoggingBoringModel(BoringModel):
+    """Lightning's demo model, logging its loss under our training key."""
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss", out["loss"])
+        return out
+
+
+class _BarProbe(Callback):
+    def __init__(self, bar: StepProgressBar) -> None:
+        self.bar = bar
+        self.totals: list[int | float] = []
+        self.items: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.totals.append(self.bar.total_train_batches)
+
+    def on_train_end(self, trainer, pl_module):
+        self.items = self.bar.get_metrics(trainer, pl_module)
+
+
+def test_progress_bar_total_is_max_steps_and_it_shows_the_loss(tmp_path: Path):
+    bar = StepProgressBar()
+    probe = _BarProbe(bar)
+    trainer = L.Trainer(
+        max_steps=5,
+        max_epochs=1,
+        callbacks=[bar, probe],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        accelerator="cpu",
+    )
+    trainer.fit(_LoggingBoringModel())
+    assert trainer.num_training_batches == 64
+    assert set(probe.totals) == {5}
+    assert "loss" in probe.items and "v_num" not in probe.items

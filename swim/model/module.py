@@ -48,7 +48,7 @@ from swim.data.batch import SwimBatch
 from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import attention_mask_loss, composite_loss
 from swim.model.backbone import BackboneConfig, build_backbone
-from swim.model.maps import SampleHeatmaps, sample_heatmaps
+from swim.model.maps import SampleHeatmaps, sample_frames, sample_heatmaps
 from swim.model.optim import (
     FREEZE_MODES,
     OptimizerConfig,
@@ -327,7 +327,10 @@ class SwimModule(LightningModule):
             choosing = self._heatmap_ids is None and len(self._epoch_maps) < self.heatmap_samples
             chosen = self._heatmap_ids is not None and sample_id in self._heatmap_ids
             if choosing or chosen:
-                snapshot = sample_heatmaps(fused, batch.supervision, batch.input_ids, sample, sample_id)
+                frames = sample_frames(batch, sample, self.model.config.video_token_id, self.processor)
+                snapshot = sample_heatmaps(
+                    fused, batch.supervision, batch.input_ids, sample, sample_id, frames
+                )
                 self._epoch_maps[sample_id] = snapshot
 
     def on_validation_epoch_end(self) -> None:

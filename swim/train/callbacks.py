@@ -65,6 +65,7 @@ def heatmap_rows(
                     attention=row.fused,
                     mask=row.cell_masks,
                     valid=row.cell_valid,
+                    frames=sample.frames,
                     scores=_pointing(row.fused, row.cell_masks, row.cell_valid),
                 )
             )

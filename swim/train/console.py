@@ -35,7 +35,7 @@ class StepProgressBar(RichProgressBar):
         trainer = self.trainer
         if trainer.max_steps is None or trainer.max_steps < 0:
             return total
-        done_in_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        done_in_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         steps_left = max(trainer.max_steps - trainer.global_step, 0)
         return min(total, done_in_epoch + steps_left * trainer.accumulate_grad_batches)
 
