@@ -6,9 +6,11 @@
     python train.py ckpt_path=last hydra.run.dir=logs/train/runs/<run>       # resume a run
     python train.py --help | --cfg job
 
-The recipe, top to bottom: seed; demo data if the data config asks for it; module, datamodule,
-callbacks, loggers, strategy, trainer from their config groups; fit (resuming from ``ckpt_path``);
-validate; ``metrics.json``; a summary of the grounding metrics and where everything went.
+The recipe, top to bottom: seed; demo data if the data config asks for it; every data path and the
+weights checked (all problems in one message, before anything is built); module, datamodule,
+callbacks, loggers, strategy, trainer from their config groups; fit (resuming from ``ckpt_path``,
+in the same W&B run); validate (unless the fit's last validation ran at its last step);
+``metrics.json``; a summary of the grounding metrics and where everything went.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from swim.cli import run as run_cli
 from swim.train.task import task_wrapper
 
 log = logging.getLogger("train")
@@ -33,8 +36,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from swim.data.datamodule import SwimDataModule
     from swim.model.backbone import load_processor
-    from swim.train.callbacks import RunInfoLogger
-    from swim.train.checkpoints import PreemptionCheckpoint, RestoreLoaderPosition, resolve_ckpt_path
+    from swim.train.callbacks import LastValidationStep, RunInfoLogger
+    from swim.train.checkpoints import (
+        PreemptionCheckpoint,
+        RestoreLoaderPosition,
+        ScheduleLengthCheck,
+        resolve_ckpt_path,
+    )
+    from swim.train.console import quiet_known_noise
+    from swim.train.preflight import check_train_config
     from swim.train.report import (
         METRICS_FILE,
         build_report,
@@ -48,10 +58,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         instantiate_strategy,
         loggable_config,
     )
+    from swim.train.wandb_run import inherit_run_id
 
+    quiet_known_noise()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ensure_demo_data(cfg.data)
+    check_train_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    inherit_run_id(ckpt_path, output_dir)
 
     log.info("Instantiating module <%s>", cfg.model._target_)
     # Plain dicts, not DictConfigs, reach the module: its saved hyperparameters must load with
@@ -60,7 +75,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = SwimDataModule(cfg.data, processor=load_processor(module.backbone_cfg))
 
     run_info = RunInfoLogger(loggable_config(cfg))
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), run_info, RestoreLoaderPosition()]
+    last_validation = LastValidationStep()
+    callbacks = [
+        *instantiate_callbacks(cfg.get("callbacks")),
+        run_info,
+        last_validation,
+        RestoreLoaderPosition(),
+        ScheduleLengthCheck(),
+    ]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(
         cfg.trainer, strategy=instantiate_strategy(cfg.strategy), callbacks=callbacks, logger=loggers or False
@@ -80,7 +102,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_metrics_json(output_dir / METRICS_FILE, report)
         return report
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit:
@@ -93,7 +114,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return finish("stopped_by_signal", fit_metrics, {})
 
     validation: dict[str, float] = {}
-    if cfg.get("validate"):
+    if cfg.get("validate") and last_validation.step == trainer.global_step:
+        log.info("The fit's last validation ran at step %d, its last step: not repeated", trainer.global_step)
+        validation = {k: v for k, v in fit_metrics.items() if k.startswith("val/")}
+    elif cfg.get("validate"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
         validation = scalar_metrics(trainer.callback_metrics)
     return finish("finished", fit_metrics, validation)
@@ -116,4 +140,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train.py", "train")

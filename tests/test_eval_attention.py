@@ -20,7 +20,7 @@ from swim.data.mixture import build_mixture
 from swim.data.sample import SampleBuilder
 from swim.eval.attention import capture_maps, prompt_rows
 from swim.eval.generate import Prompt, clean_prompt, generate
-from swim.eval.grounding import GroundingMetrics, update_from_maps
+from swim.eval.grounding import GroundingMetrics, metric_names, update_from_maps
 from swim.eval.heatmaps import LABEL_HEIGHT, LABEL_WIDTH, colorize, outline
 from swim.eval.loading import load_model
 from swim.eval.results import read_jsonl
@@ -136,11 +136,14 @@ def test_grounding_task_agrees_with_grounding_metrics_and_resumes(demo, cache, t
         )
     finally:
         probe.remove()
+    # The names training logs as val/<name> (tests/test_module.py holds the other side).
+    written = {key.rsplit("/", 1)[1] for key in report.metrics if key.startswith("val/grounding/fused/")}
+    assert set(metric_names()) <= written
     for name, maps in {"fused": captured.fused, "layer_2": captured.layers[2]}.items():
         metric = GroundingMetrics()
         update_from_maps(metric, maps, batch.supervision)
         expected = metric.compute()
-        for key in ("iou", "pointing", "roc_auc", "average_precision", "mass_in_mask"):
+        for key in ("iou50", "pointing_game", "roc_auc", "average_precision", "attn_in_mask"):
             got = report.metrics[f"val/grounding/{name}/{key}"]
             assert got == pytest.approx(float(expected[key]), abs=1e-5), (name, key)
             assert 0.0 <= got <= 1.0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from module_fixtures import cpu_trainer, loader, make_batch, tiny_module
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.video_utils import VideoMetadata
@@ -85,3 +88,43 @@ def test_bad_sources_fail_clearly_and_leave_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a DeepSpeed checkpoint"):
         export_hf(tmp_path / "notes", tmp_path / "hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def readme_snippet() -> str:
+    """The README's Python example of the export (the one that loads ``exports/swim``)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = [
+        block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "exports/swim" in block
+    ]
+    return snippet
+
+
+def test_the_readme_generate_call_runs_on_a_demo_video_from_the_export(train_demo, tmp_path, capsys):
+    # A checkpoint in a run dir with the run's config, as train.py leaves it.
+    run_dir = tmp_path / "run"
+    module = tiny_module()
+    trainer = cpu_trainer(1)
+    trainer.fit(module, train_dataloaders=loader([make_batch(build_processor())]))
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    video = {"min_pixels": 3136, "max_pixels": 50176, "max_frames": 8}
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {**video, "batch_size": 2}}))
+    out = tmp_path / "exports" / "swim"
+    main([str(run_dir / "checkpoints" / "last.ckpt"), str(out)])
+    saved = json.loads((out / "processor_config.json").read_text())["video_processor"]
+    assert saved["size"] == {"shortest_edge": 3136, "longest_edge": 50176}
+    assert (saved["num_frames"], saved["do_sample_frames"]) == (8, True)
+
+    clip = train_demo / "videos" / "val_00000.mp4"
+    snippet = (
+        readme_snippet().replace('"exports/swim"', repr(str(out))).replace('"clip.mp4"', repr(str(clip)))
+    )
+    capsys.readouterr()
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert isinstance(scope["answer"], str) and capsys.readouterr().out.strip() == scope["answer"].strip()
+    frames = scope["frames"]
+    # The run's settings, not Qwen's defaults: 8 of the video's frames (4 temporal cells), each at its own
+    # size (demo frames are within 4-64 tokens), so the grid is the frame's size in 14 px patches.
+    t, h, w = scope["inputs"]["video_grid_thw"][0].tolist()
+    assert t == 4 and (h * 14, w * 14) == (round(frames.shape[1] / 28) * 28, round(frames.shape[2] / 28) * 28)

@@ -34,11 +34,11 @@ def test_uniform_map_scores_chance():
     mask = _box_mask(8, 8, 2, 5, 3, 7)
     area = 12 / 64
     scores = grounding_scores(torch.full((1, 8, 8), 0.3), mask)
-    assert float(scores["pointing"]) == pytest.approx(area)
+    assert float(scores["pointing_game"]) == pytest.approx(area)
     assert float(scores["roc_auc"]) == pytest.approx(0.5)
     assert float(scores["average_precision"]) == pytest.approx(area)
-    assert float(scores["mass_in_mask"]) == pytest.approx(area)
-    assert float(scores["iou"]) == 0.0
+    assert float(scores["attn_in_mask"]) == pytest.approx(area)
+    assert float(scores["iou50"]) == 0.0
 
 
 def test_hand_computed_case():
@@ -46,19 +46,19 @@ def test_hand_computed_case():
     mask = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
     scores = grounding_scores(pred, mask, topk=(1, 2))
     # Normalised map [[0.875, 0.375], [1, 0]] >= 0.5 -> [[1, 0], [1, 0]]: overlap 1, union 3.
-    assert float(scores["iou"]) == pytest.approx(1 / 3)
+    assert float(scores["iou50"]) == pytest.approx(1 / 3)
     assert float(scores["dice"]) == pytest.approx(0.5)
-    assert float(scores["pointing"]) == 1.0
+    assert float(scores["pointing_game"]) == 1.0
     # Positives {1.0, 0.5} vs negatives {0.9, 0.2}: 3 of 4 pairs ordered right.
     assert float(scores["roc_auc"]) == pytest.approx(0.75)
     # Ranked 1.0 (+), 0.9 (-), 0.5 (+), 0.2 (-): precision 1 and 2/3 at the hits.
     assert float(scores["average_precision"]) == pytest.approx((1 + 2 / 3) / 2)
-    assert float(scores["mass_in_mask"]) == pytest.approx(1.5 / 2.6)
+    assert float(scores["attn_in_mask"]) == pytest.approx(1.5 / 2.6)
 
     miss = grounding_scores(
         torch.tensor([[[1.0, 0.9], [0.0, 0.0]]]), torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]), topk=(2,)
     )
-    assert float(miss["pointing"]) == 0.0 and float(miss["pointing_top2"]) == 1.0
+    assert float(miss["pointing_game"]) == 0.0 and float(miss["pointing_top2"]) == 1.0
 
 
 def test_token_map_is_upsampled_to_the_mask():
@@ -66,9 +66,9 @@ def test_token_map_is_upsampled_to_the_mask():
     pred = torch.tensor([[[0.1, 0.8], [0.05, 0.2]]])
     mask = _box_mask(56, 56, 0, 28, 28, 56)
     scores = grounding_scores(pred, mask, topk=(1, 2))
-    assert float(scores["pointing"]) == 1.0
+    assert float(scores["pointing_game"]) == 1.0
     assert float(scores["pointing_top2"]) == 1.0
-    assert float(scores["mass_in_mask"]) > 0.5
+    assert float(scores["attn_in_mask"]) > 0.5
     assert float(scores["roc_auc"]) > 0.9
     upsampled = torch.nn.functional.interpolate(pred[:, None], size=(56, 56), mode="bilinear")[:, 0]
     assert float(grounding_scores(upsampled, mask)["roc_auc"]) == pytest.approx(float(scores["roc_auc"]))
@@ -109,13 +109,13 @@ def test_metric_averages_per_sample_then_overall():
     metric.update(pred[2:], mask[2:], torch.tensor([9, 9]))
     result = metric.compute()
     # Sample 7: pointing 1 and 0.25 (chance) -> 0.625; sample 9: 1 (its empty-mask pair is left out).
-    assert float(result["pointing"]) == pytest.approx((0.625 + 1.0) / 2)
+    assert float(result["pointing_game"]) == pytest.approx((0.625 + 1.0) / 2)
     assert float(result["roc_auc"]) == pytest.approx((0.75 + 1.0) / 2)
     assert int(result["num_pairs"]) == 4 and int(result["num_samples"]) == 2
     assert int(result["num_empty_masks"]) == 1
     metric.reset()
     with pytest.warns(UserWarning, match="before the ``update``"):
-        assert torch.isnan(metric.compute()["iou"])
+        assert torch.isnan(metric.compute()["iou50"])
 
 
 def _two_sample_supervision() -> Supervision:
@@ -143,7 +143,7 @@ def test_update_from_fused_maps_and_supervision():
     result = metric.compute()
     # Sample 100: cell 0 points at the mask, cell 1 has 3 tied maxima of which 1 is in the mask;
     # sample 101 points off the mask.
-    assert float(result["pointing"]) == pytest.approx((0.5 * (1.0 + 1 / 3) + 0.0) / 2)
+    assert float(result["pointing_game"]) == pytest.approx((0.5 * (1.0 + 1 / 3) + 0.0) / 2)
     assert int(result["num_samples"]) == 2
 
 
@@ -158,7 +158,7 @@ def test_reference_maps_score_chance_and_the_token_grid_oracle():
         update_from_maps(metric, fused, supervision)
         scores[name] = metric.compute()
     # One token of four carries the mask: a uniform map points inside a quarter of the time.
-    assert float(scores["chance"]["pointing"]) == pytest.approx(0.25)
+    assert float(scores["chance"]["pointing_game"]) == pytest.approx(0.25)
     assert float(scores["chance"]["roc_auc"]) == pytest.approx(0.5)
-    assert float(scores["oracle"]["pointing"]) == pytest.approx(1.0)
-    assert float(scores["oracle"]["iou"]) == pytest.approx(1.0)
+    assert float(scores["oracle"]["pointing_game"]) == pytest.approx(1.0)
+    assert float(scores["oracle"]["iou50"]) == pytest.approx(1.0)

@@ -37,4 +37,4 @@ def test_head_scores_are_each_heads_mass_in_mask_on_a_tiny_model():
     expected = mass_in_mask(group.gather(maps[2].transpose(0, 1)), group.cell_masks).mean(dim=-1)
     torch.testing.assert_close(scores[2], expected)
     metrics = heads_grounding(module, [batch], best_heads(scores, 3), "predicting")
-    assert 0.0 <= metrics["pointing"] <= 1.0 and metrics["num_pairs"] == group.num_pairs
+    assert 0.0 <= metrics["pointing_game"] <= 1.0 and metrics["num_pairs"] == group.num_pairs

@@ -3,6 +3,7 @@ mid-epoch at the next unseen batch, and the resumed run repeats the uninterrupte
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -11,7 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import FAST, REPO, compose_train, demo_overrides, read_losses, read_metrics, run_train_env
+import yaml
+from train_fixtures import (
+    FAST,
+    REPO,
+    compose_train,
+    demo_overrides,
+    read_losses,
+    read_metrics,
+    read_wandb_run,
+    run_train_env,
+)
+
+from swim.train.history import HISTORY_FILE, append_overrides
+from swim.train.wandb_run import read_run_id
 
 STEPS = 6  # the small demo's train split is 15 samples: 8 batches of 2, so step 6 is mid-epoch
 
@@ -125,3 +139,47 @@ def test_sigterm_to_a_training_child_process_saves_last_ckpt(
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == report["global_step"]
     assert "SIGTERM: saved" in log_file.read_text()
+
+
+def test_resume_in_the_run_dir_continues_the_wandb_run_and_warns_about_a_new_max_steps(
+    train_demo: Path, records_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    run_dir = tmp_path / "run"
+    common = [
+        *FAST,
+        *demo_overrides(train_demo, records_cache),
+        "trainer.limit_val_batches=0",
+        "validate=false",
+        "logger=wandb",
+        # A checkpoint saved at the end of a max_steps-shortened epoch counts that epoch as done.
+        "trainer.max_epochs=-1",
+        "ckpt_path=last",
+    ]
+    caplog.set_level(logging.INFO)
+    train_in_process([*common, "trainer.max_steps=1"], run_dir)
+    # The first start finds no checkpoint: a loud warning, not a quiet info line.
+    assert any(
+        r.levelno == logging.WARNING and "STARTS FROM SCRATCH" in r.getMessage() for r in caplog.records
+    )
+    run_id = read_run_id(run_dir)
+    assert run_id
+    caplog.clear()
+    assert train_in_process([*common, "trainer.max_steps=2"], run_dir)["global_step"] == 2
+    # Resumed with another max_steps: the schedule warning names both values.
+    assert any(
+        "trainer.max_steps 1 -> 2" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    )
+
+    runs = [read_wandb_run(folder) for folder in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    assert [run.run_id for run in runs] == [run_id, run_id]
+
+
+def test_every_start_of_a_run_dir_appends_its_overrides(tmp_path: Path):
+    history = tmp_path / ".hydra" / HISTORY_FILE
+    append_overrides(history, ["trainer.max_steps=1"])
+    entries = append_overrides(history, ["trainer.max_steps=2", "ckpt_path=last"])
+    assert [entry["overrides"] for entry in entries] == [
+        ["trainer.max_steps=1"],
+        ["trainer.max_steps=2", "ckpt_path=last"],
+    ]
+    assert yaml.safe_load(history.read_text()) == entries

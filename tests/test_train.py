@@ -7,20 +7,28 @@ import csv
 import json
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, read_wandb_run, run_train_py
 
-from swim.model.maps import RowHeatmap, SampleHeatmaps
+from swim.model.backbone import build_processor
+from swim.model.maps import RowHeatmap, SampleHeatmaps, cell_frames
 from swim.train.ablation import ablation_columns, ablation_runs, seed_ratios
 from swim.train.callbacks import heatmap_rows
 from swim.train.checkpoints import resolve_ckpt_path
-from swim.train.heatmaps import RAMP, render_rows
+from swim.train.console import StepProgressBar
+from swim.train.heatmaps import COLORBAR_PX, LABEL_PX, RAMP, render_rows
 from swim.train.sweep import collect_jobs, write_summary
 from swim.train.utils import REDACTED, count_parameters, redact_secrets
+from swim.train.wandb_run import read_run_id
 
 
 def train_in_process(overrides: list[str], run_dir: Path) -> dict:
@@ -59,7 +67,12 @@ def test_training_run_writes_checkpoints_logs_heatmaps_and_metrics(
     assert run.tags == ["demo"]
     with (run_dir / "csv" / "version_0" / "metrics.csv").open() as handle:
         assert "train/attn_loss" in next(csv.reader(handle))
-    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "val/attention_heatmaps" in events.Tags()["images"]
+    assert "train/attn_loss" in events.Tags()["scalars"]
+    # The W&B run id is kept in the run dir, for a resumed run to continue the same run.
+    assert read_run_id(run_dir) == run.run_id
     (panel,) = (run_dir / "heatmaps").glob("step_*.png")
     assert Image.open(panel).size[0] > 0
 
@@ -180,7 +193,7 @@ def test_heatmap_panel_draws_attention_over_cells_next_to_the_mask():
     mask[0, 1, 2] = 1.0
     rows = [
         RowHeatmap(
-            token_id=2518,
+            token_id=token_id,
             token_position=position,
             phrase=0,
             instance=0,
@@ -188,21 +201,30 @@ def test_heatmap_panel_draws_attention_over_cells_next_to_the_mask():
             cell_masks=mask,
             cell_valid=torch.tensor([True, False]),
         )
-        for position in (40, 41)
+        for token_id, position in ((2518, 40), (12671, 41))
     ]
     sample = SampleHeatmaps(sample_id="demo/0", grid=(2, 3, 4), rows=rows)
-    picked = heatmap_rows([sample, sample], max_rows=4)
-    assert [row.title.split(" | ")[:2] for row in picked] == [["demo/0", "phrase 0"]] * 2
+    tokenizer = build_processor().tokenizer
+    picked = heatmap_rows([sample, sample], max_rows=4, tokenizer=tokenizer)
+    # One row per phrase, titled with the whole phrase; the attention peak is inside the mask in cell 0.
+    phrase = tokenizer.decode([2518, 12671]).strip()
+    assert [row.title.split(" | ")[:2] for row in picked] == [["demo/0", f"phrase 0 {phrase!r}"]] * 2
+    assert picked[0].scores == [1.0, None]
     panel = np.asarray(render_rows(picked, tile_px=40))
     step, title = 40 + 2, 14
-    assert panel.shape == (2 * (title + 2 * step), 2 * step, 3)
+    assert panel.shape == (2 * (title + 2 * step) + COLORBAR_PX + title, LABEL_PX + 2 * step, 3)
     # Cell 0: the attention's peak (token row 1, column 2) is the ramp's top colour, elsewhere its bottom.
     tile_h = 30  # 40 * 3 / 4
-    peak = panel[title + tile_h // 2, 2 * 10 + 5]
+    peak = panel[title + tile_h // 2, LABEL_PX + 2 * 10 + 5]
     assert np.abs(peak.astype(int) - RAMP[-1]).max() <= 1
-    assert np.abs(panel[title + 2, 2].astype(int) - RAMP[0]).max() <= 1
-    # Cell 1 has no ground truth: its mask tile is grey.
-    assert (panel[title + step + 5, step + 5] == 96).all()
+    assert np.abs(panel[title + tile_h - 2, LABEL_PX + 2].astype(int) - RAMP[0]).max() <= 1
+    # The label column holds text (dark pixels) next to both rows; the colour bar runs low to high.
+    assert panel[title : title + 12, :LABEL_PX].min() < 100
+    assert panel[title + step : title + step + 12, :LABEL_PX].min() < 100
+    bar = panel[2 * (title + 2 * step) + COLORBAR_PX // 2, LABEL_PX:]
+    assert (
+        np.abs(bar[0].astype(int) - RAMP[0]).max() <= 2 and np.abs(bar[-1].astype(int) - RAMP[-1]).max() <= 2
+    )
 
 
 def test_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch):
@@ -292,3 +314,59 @@ def test_optuna_search_runs_trials_and_records_the_best(
     assert set(best["best_params"]) == {"loss.mask_weight", "loss.layers"}
     with (sweep_dir / "sweep_summary.csv").open() as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["finished", "finished"]
+
+
+def test_cell_frames_undo_the_processors_patchify():
+    video_processor = build_processor().video_processor
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+    out = video_processor(videos=[frames], return_tensors="pt")
+    got = cell_frames(
+        out["pixel_values_videos"],
+        out["video_grid_thw"],
+        0,
+        video_processor.image_mean,
+        video_processor.image_std,
+    )
+    # The first frame of each temporal cell (frames 0 and 2), back to uint8 within rounding.
+    assert got.shape == (2, 56, 84, 3)
+    assert np.abs(got.astype(int) - frames[::2].astype(int)).max() <= 1
+
+
+class _LoggingBoringModel(BoringModel):
+    """Lightning's demo model, logging its loss under our training key."""
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss", out["loss"])
+        return out
+
+
+class _BarProbe(Callback):
+    def __init__(self, bar: StepProgressBar) -> None:
+        self.bar = bar
+        self.totals: list[int | float] = []
+        self.items: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.totals.append(self.bar.total_train_batches)
+
+    def on_train_end(self, trainer, pl_module):
+        self.items = self.bar.get_metrics(trainer, pl_module)
+
+
+def test_progress_bar_total_is_max_steps_and_it_shows_the_loss(tmp_path: Path):
+    bar = StepProgressBar()
+    probe = _BarProbe(bar)
+    trainer = L.Trainer(
+        max_steps=5,
+        max_epochs=1,
+        callbacks=[bar, probe],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        accelerator="cpu",
+    )
+    trainer.fit(_LoggingBoringModel())
+    assert trainer.num_training_batches == 64
+    assert set(probe.totals) == {5}
+    assert "loss" in probe.items and "v_num" not in probe.items

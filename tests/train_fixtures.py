@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ FAST = [
     "data.batch_size=2",
     "trainer.max_steps=2",
     "trainer.limit_val_batches=1",
+    "trainer.val_check_interval=1.0",
     "trainer.log_every_n_steps=1",
     "model.scheduler.name=constant",
 ]
@@ -200,8 +202,24 @@ def _wandb_chunks(data: bytes) -> Iterator[bytes]:
             yield pending + chunk
 
 
-def read_wandb_run(run_dir: Path) -> WandbRun:
-    """Parse the ``run-*.wandb`` file of an offline run dir (``wandb/offline-run-*``)."""
+def read_wandb_run(run_dir: Path, timeout: float = 60.0) -> WandbRun:
+    """Parse the ``run-*.wandb`` file of an offline run dir (``wandb/offline-run-*``).
+
+    ``wandb.finish()`` can return before wandb-core's writer has flushed a small file (it buffers
+    32 KiB blocks), so the file is read again until it holds its exit record, for up to ``timeout`` s.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _parse_wandb_run(run_dir)
+        if (run is not None and run.exit_code is not None) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert run is not None, f"{run_dir} has no run record"
+    return run
+
+
+def _parse_wandb_run(run_dir: Path) -> WandbRun | None:
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("run-*.wandb")
@@ -211,7 +229,10 @@ def read_wandb_run(run_dir: Path) -> WandbRun:
     exit_code = None
     for chunk in _wandb_chunks(path.read_bytes()):
         record = pb.Record()
-        record.ParseFromString(chunk)
+        try:
+            record.ParseFromString(chunk)
+        except DecodeError:  # a chunk still being written
+            return None
         kind = record.WhichOneof("record_type")
         if kind == "run":
             info = record.run
@@ -222,6 +243,6 @@ def read_wandb_run(run_dir: Path) -> WandbRun:
             config |= {item.key or "/".join(item.nested_key) for item in record.config.update}
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    assert run is not None, f"{path} has no run record"
-    run.history_keys, run.config_keys, run.exit_code = history, config, exit_code
+    if run is not None:
+        run.history_keys, run.config_keys, run.exit_code = history, config, exit_code
     return run

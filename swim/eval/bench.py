@@ -18,6 +18,7 @@ from swim.data.sample import DataConfig
 from swim.data.schema import Record, SampleError
 from swim.eval.generate import Prompt, generate
 from swim.eval.loading import LoadedModel
+from swim.eval.progress import progress_bar
 from swim.eval.results import JsonlLog, skip_failed
 
 log = logging.getLogger(__name__)
@@ -73,34 +74,39 @@ def generate_records(
     stats.resumed = len(records) - len(pending)
     if stats.resumed:
         log.info("%s: %d records already done, %d to generate", out.path.name, stats.resumed, len(pending))
-    for begin in range(0, len(pending), gen.batch_size):
-        batch = pending[begin : begin + gen.batch_size]
-        prompts: list[Prompt] = []
-        kept: list[Record] = []
-        for record in batch:
-            try:
-                clip = None
-                if record.video is not None:
-                    clip = load_video_clip(
-                        record.video, data, annotation=record.annotation, file=record.file, index=record.index
-                    )
-            except SampleError as error:
-                skip_failed(out, record.id, error, stats.failed, strict=strict)
-                continue
-            prompts.append(Prompt(id=record.id, text=prompt_of(record), clip=clip))
-            kept.append(record)
-        for group in _same_modality(list(zip(prompts, kept, strict=True))):
-            answers = generate(
-                loaded.model,
-                loaded.processor,
-                [prompt for prompt, _ in group],
-                max_new_tokens=gen.max_new_tokens,
-                system_prompt=data.system_prompt,
-            )
-            for (_, record), answer in zip(group, answers, strict=True):
-                out.write(row_of(record, answer))
-                stats.generated += 1
-        log.info("%s: %d/%d generated", out.path.name, begin + len(batch), len(pending))
+    with progress_bar(f"{out.path.name}: generating", len(pending)) as advance:
+        for begin in range(0, len(pending), gen.batch_size):
+            batch = pending[begin : begin + gen.batch_size]
+            prompts: list[Prompt] = []
+            kept: list[Record] = []
+            for record in batch:
+                try:
+                    clip = None
+                    if record.video is not None:
+                        clip = load_video_clip(
+                            record.video,
+                            data,
+                            annotation=record.annotation,
+                            file=record.file,
+                            index=record.index,
+                        )
+                except SampleError as error:
+                    skip_failed(out, record.id, error, stats.failed, strict=strict)
+                    continue
+                prompts.append(Prompt(id=record.id, text=prompt_of(record), clip=clip))
+                kept.append(record)
+            for group in _same_modality(list(zip(prompts, kept, strict=True))):
+                answers = generate(
+                    loaded.model,
+                    loaded.processor,
+                    [prompt for prompt, _ in group],
+                    max_new_tokens=gen.max_new_tokens,
+                    system_prompt=data.system_prompt,
+                )
+                for (_, record), answer in zip(group, answers, strict=True):
+                    out.write(row_of(record, answer))
+                    stats.generated += 1
+            advance(len(batch))
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -3,13 +3,13 @@
 For each (supervised row, annotated temporal cell) pair, the attention map over the cell's visual
 tokens is min-max normalised, upsampled bilinearly to the mask, and scored against it:
 
-- ``iou`` and ``dice`` of the map thresholded at ``threshold`` (0.5);
-- ``pointing``: is the arg-max token inside the mask (a token counts as inside when the mask pixel
+- ``iou50`` and ``dice`` of the map thresholded at ``threshold`` (0.5);
+- ``pointing_game``: is the arg-max token inside the mask (a token counts as inside when the mask pixel
   at its centre is set; tied maxima count fractionally, so a uniform map scores the mask's area,
   the chance level); ``pointing_top{k}`` for ``k > 1``: is any of the ``k`` highest tokens inside;
 - ``roc_auc`` and ``average_precision`` of the upsampled map as a pixel score against the mask
   (ties averaged, as scikit-learn does), computed by sorting, for all pairs at once;
-- ``mass_in_mask``: the share of the (unnormalised, upsampled) attention inside the mask.
+- ``attn_in_mask``: the share of the (unnormalised, upsampled) attention inside the mask.
 
 A pair whose mask is empty has no defined score: all its metrics are NaN, and
 :class:`GroundingMetrics` counts such pairs and leaves them out of the averages.
@@ -31,15 +31,19 @@ from swim.losses.resize import bilinear_resize
 
 
 def metric_names(topk: Sequence[int] = (1, 5)) -> list[str]:
-    """The keys of :func:`grounding_scores` for these ``topk`` values, in a fixed order."""
+    """The keys of :func:`grounding_scores` for these ``topk`` values, in a fixed order.
+
+    Training logs them as ``val/<name>`` and evaluation writes ``<source>/grounding/<map>/<name>``:
+    one set of names everywhere.
+    """
     return [
-        "iou",
+        "iou50",
         "dice",
-        "pointing",
+        "pointing_game",
         *[f"pointing_top{k}" for k in topk if k > 1],
         "roc_auc",
         "average_precision",
-        "mass_in_mask",
+        "attn_in_mask",
     ]
 
 
@@ -104,7 +108,7 @@ def grounding_scores(
     Args:
         pred: ``(N, h, w)`` non-negative attention maps of ``N`` (row, cell) pairs.
         mask: ``(N, H, W)`` ground truth in {0, 1} (values above 0.5 count as inside).
-        topk: pointing-game variants; ``k = 1`` is ``pointing``, each ``k > 1`` adds ``pointing_top{k}``.
+        topk: pointing-game variants; ``k = 1`` is ``pointing_game``, each ``k > 1`` adds ``pointing_top{k}``.
         threshold: binarisation threshold of the normalised map for IoU and Dice.
 
     Returns:
@@ -123,13 +127,13 @@ def grounding_scores(
     binary = normalised >= threshold
     overlap = (binary & inside).flatten(1).sum(dim=1).float()
     union = (binary | inside).flatten(1).sum(dim=1).float()
-    scores["iou"] = overlap / union
+    scores["iou50"] = overlap / union
     scores["dice"] = 2 * overlap / (binary.flatten(1).sum(dim=1) + inside.flatten(1).sum(dim=1)).float()
 
     centre = _centre_hits(inside, h, w).flatten(1)
     flat = pred.flatten(1)
     top = flat == flat.amax(dim=1, keepdim=True)
-    scores["pointing"] = (top & centre).sum(dim=1).float() / top.sum(dim=1).float()
+    scores["pointing_game"] = (top & centre).sum(dim=1).float() / top.sum(dim=1).float()
     for k in topk:
         if k > 1:
             index = flat.topk(min(k, h * w), dim=1).indices
@@ -137,7 +141,7 @@ def grounding_scores(
 
     scores["roc_auc"], scores["average_precision"] = _ranking_scores(normalised.flatten(1), inside.flatten(1))
     raw = bilinear_resize(pred.clamp_min(0), size).flatten(1)
-    scores["mass_in_mask"] = (raw * inside.flatten(1)).sum(dim=1) / raw.sum(dim=1).clamp_min(
+    scores["attn_in_mask"] = (raw * inside.flatten(1)).sum(dim=1) / raw.sum(dim=1).clamp_min(
         torch.finfo(torch.float32).tiny
     )
     nan = torch.tensor(float("nan"), device=pred.device)

@@ -26,6 +26,7 @@ from swim.data.schema import Record, SampleError
 from swim.eval.attention import capture_maps
 from swim.eval.grounding import grounding_scores, metric_names
 from swim.eval.loading import LoadedModel
+from swim.eval.progress import progress_bar
 from swim.eval.results import JsonlLog, Table, skip_failed
 from swim.losses import pair_groups
 from swim.model.probe import AttentionProbe, probe_request
@@ -94,29 +95,30 @@ def evaluate_grounding(
     pending = [record for record in records if not out.finished(record.id)]
     stats.resumed = len(records) - len(pending)
     pad_id = loaded.processor.tokenizer.pad_token_id
-    for begin in range(0, len(pending), batch_size):
-        samples: list[Sample] = []
-        for record in pending[begin : begin + batch_size]:
-            try:
-                sample = builder.build(record)
-            except SampleError as error:
-                skip_failed(out, record.id, error, stats.failed, strict=strict)
-                continue
-            if len(sample.rows) == 0:
-                stats.without_rows += 1
-                out.write({"id": record.id, "rows": 0, "pairs": 0, "scores": {}})
-                continue
-            samples.append(sample)
-        if not samples:
-            continue
-        batch = collate(samples, pad_id)
-        request = probe_request(batch.supervision, query=query)
-        captured = capture_maps(loaded.model, probe, batch.model_inputs(), request, fusion=fusion)
-        named = {"fused": captured.fused, **{f"layer_{k}": v for k, v in captured.layers.items()}}
-        for row in _batch_rows([sample.id for sample in samples], named, batch):
-            out.write(row)
-            stats.scored += 1
-        log.info("%s: %d/%d samples", out.path.name, min(begin + batch_size, len(pending)), len(pending))
+    with progress_bar(f"{out.path.name}: scoring attention", len(pending)) as advance:
+        for begin in range(0, len(pending), batch_size):
+            samples: list[Sample] = []
+            chunk = pending[begin : begin + batch_size]
+            for record in chunk:
+                try:
+                    sample = builder.build(record)
+                except SampleError as error:
+                    skip_failed(out, record.id, error, stats.failed, strict=strict)
+                    continue
+                if len(sample.rows) == 0:
+                    stats.without_rows += 1
+                    out.write({"id": record.id, "rows": 0, "pairs": 0, "scores": {}})
+                    continue
+                samples.append(sample)
+            if samples:
+                batch = collate(samples, pad_id)
+                request = probe_request(batch.supervision, query=query)
+                captured = capture_maps(loaded.model, probe, batch.model_inputs(), request, fusion=fusion)
+                named = {"fused": captured.fused, **{f"layer_{k}": v for k, v in captured.layers.items()}}
+                for row in _batch_rows([sample.id for sample in samples], named, batch):
+                    out.write(row)
+                    stats.scored += 1
+            advance(len(chunk))
     return stats
 
 

@@ -6,10 +6,16 @@ by anyone, with no ``swim`` import.
 
 The processor is saved for *stock users with raw video*: training resizes frames itself and runs
 the processor with ``do_resize=False``; the export turns resizing back on (``do_resize=True`` for
-images and videos, Qwen's per-frame bounds: 128*28*28 to 768*28*28 pixels for video) and sets
-``cap_pixels_per_frame=True`` so that a long video's total pixels are bounded as in Qwen's
-reference preprocessing (qwen-vl-utils) and in our training pipeline's total budget. Frames come
-out as multiples of 28 px, the geometry the model was trained on.
+images and videos) and sets ``cap_pixels_per_frame=True`` so that a long video's total pixels are
+bounded as in Qwen's reference preprocessing (qwen-vl-utils) and in our training pipeline's total
+budget. Frames come out as multiples of 28 px, the geometry the model was trained on. The run's
+video settings (``data.min_pixels``/``max_pixels`` per frame, ``data.max_frames``, read from the
+run dir's ``.hydra/config.yaml`` next to ``checkpoints/``) become the video processor's ``size``
+and ``num_frames`` (with ``do_sample_frames=True``), so the export sees a video as training did;
+without them (no run dir) Qwen's defaults stay (128*28*28 to 768*28*28 pixels, every frame given)
+and a warning says so. Decoding a video file is the user's: transformers' own loader needs
+torchcodec, which this environment lacks; ``transformers.video_utils.load_video(path,
+backend="pyav")`` works here (README, "Evaluation").
 
 Sources:
 
@@ -37,8 +43,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 from transformers import Qwen2_5_VLProcessor
 
@@ -49,13 +58,45 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "swim_export.json"
 
 
-def stock_processor(processor: Qwen2_5_VLProcessor) -> Qwen2_5_VLProcessor:
-    """A copy of the training processor that resizes raw images and videos itself (module docs)."""
+def stock_processor(
+    processor: Qwen2_5_VLProcessor, video: Mapping[str, Any] | None = None
+) -> Qwen2_5_VLProcessor:
+    """A copy of the training processor that resizes raw images and videos itself (module docs).
+
+    Args:
+        processor: the training processor.
+        video: the run's ``min_pixels``, ``max_pixels`` and ``max_frames`` (the data config), or
+            ``None`` to keep Qwen's defaults.
+    """
     stock = copy.deepcopy(processor)
     stock.image_processor.do_resize = True
     stock.video_processor.do_resize = True
     stock.video_processor.cap_pixels_per_frame = True
+    if video is not None:
+        stock.video_processor.size = {
+            "shortest_edge": int(video["min_pixels"]),
+            "longest_edge": int(video["max_pixels"]),
+        }
+        stock.video_processor.num_frames = int(video["max_frames"])
+        stock.video_processor.do_sample_frames = True
     return stock
+
+
+def run_video_settings(checkpoint: str | Path) -> dict[str, int] | None:
+    """The data config's video settings of the run a checkpoint belongs to, or ``None``.
+
+    Looks for ``<run dir>/.hydra/config.yaml`` with ``checkpoint`` in ``<run dir>/checkpoints/``.
+    """
+    folder = Path(checkpoint).resolve().parent
+    run_dir = folder.parent if folder.name == "checkpoints" else folder
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    keys = ("min_pixels", "max_pixels", "max_frames")
+    if not all(isinstance(data.get(key), int) for key in keys):
+        return None
+    return {key: int(data[key]) for key in keys}
 
 
 def is_deepspeed_checkpoint(path: Path) -> bool:
@@ -92,13 +133,21 @@ def load_module(checkpoint: str | Path, work_dir: Path) -> SwimModule:
     return module
 
 
-def export_hf(source: SwimModule | str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+def export_hf(
+    source: SwimModule | str | Path,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    video: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a Hugging Face folder (model + processor) for a module or checkpoint.
 
     Args:
         source: a built :class:`SwimModule`, a ``.ckpt`` file or a DeepSpeed checkpoint directory.
         out_dir: the folder to create.
         overwrite: replace an existing ``out_dir``; otherwise an existing one is an error.
+        video: the run's video settings (:func:`stock_processor`); ``None`` reads them from the
+            checkpoint's run dir, and warns and keeps Qwen's defaults when there are none.
 
     Returns:
         The absolute path of the written folder.
@@ -123,14 +172,22 @@ def export_hf(source: SwimModule | str | Path, out_dir: str | Path, *, overwrite
                 )
         else:
             module = load_module(source, staging)
+        if video is None and not isinstance(source, SwimModule):
+            video = run_video_settings(source)
+        if video is None:
+            log.warning(
+                "the run's video settings (data.min_pixels, max_pixels, max_frames) were not found next to "
+                "the checkpoint: the export's processor keeps Qwen's defaults, not the run's"
+            )
         folder = staging / "export"
         module.model.save_pretrained(folder)
-        stock_processor(module.processor).save_pretrained(folder)
+        stock_processor(module.processor, video).save_pretrained(folder)
         provenance = {
             "source": str(source) if not isinstance(source, SwimModule) else "SwimModule",
             "backbone": module.backbone_cfg.kind,
             "freeze": module.freeze,
             "loss_layers": list(module.loss_cfg.layers),
+            "video": dict(video) if video is not None else None,
         }
         (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         _replace_dir(folder, out)

@@ -48,7 +48,7 @@ from swim.data.batch import SwimBatch
 from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import attention_mask_loss, composite_loss
 from swim.model.backbone import BackboneConfig, build_backbone
-from swim.model.maps import SampleHeatmaps, sample_heatmaps
+from swim.model.maps import SampleHeatmaps, sample_frames, sample_heatmaps
 from swim.model.optim import (
     FREEZE_MODES,
     OptimizerConfig,
@@ -69,9 +69,6 @@ from swim.model.step import (
 from swim.model.structured import loss_config, to_dataclass
 
 log = logging.getLogger(__name__)
-
-# GroundingMetrics' names -> the names logged under val/ (the rest are logged as they are).
-VAL_METRIC_NAMES = {"pointing": "pointing_game", "iou": "iou50", "mass_in_mask": "attn_in_mask"}
 
 
 class SwimModule(LightningModule):
@@ -360,7 +357,10 @@ class SwimModule(LightningModule):
             choosing = self._heatmap_ids is None and len(self._epoch_maps) < self.heatmap_samples
             chosen = self._heatmap_ids is not None and sample_id in self._heatmap_ids
             if choosing or chosen:
-                snapshot = sample_heatmaps(fused, batch.supervision, batch.input_ids, sample, sample_id)
+                frames = sample_frames(batch, sample, self.model.config.video_token_id, self.processor)
+                snapshot = sample_heatmaps(
+                    fused, batch.supervision, batch.input_ids, sample, sample_id, frames
+                )
                 self._epoch_maps[sample_id] = snapshot
 
     def on_validation_epoch_end(self) -> None:
@@ -374,7 +374,7 @@ class SwimModule(LightningModule):
             prefix = "val" if name == "fused" else f"val/{name}"
             for key, value in values.items():
                 if math.isfinite(float(value)):
-                    self.log(f"{prefix}/{VAL_METRIC_NAMES.get(key, key)}", float(value))
+                    self.log(f"{prefix}/{key}", float(value))
         if self._heatmap_ids is None:
             self._heatmap_ids = list(self._epoch_maps)
         self.last_val_maps = [self._epoch_maps[i] for i in self._heatmap_ids if i in self._epoch_maps]

@@ -31,7 +31,7 @@ from swim.data.datamodule import SwimDataModule
 from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.eval.heads import best_heads, head_mass_in_mask, heads_grounding
 from swim.model.backbone import BackboneConfig, load_processor
-from swim.model.module import VAL_METRIC_NAMES, SwimModule
+from swim.model.module import SwimModule
 from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
@@ -125,7 +125,7 @@ def head_baseline(
     query = str(cfg.loss.query)
     heads = best_heads(head_mass_in_mask(module, selection, query), NUM_HEADS)
     metrics = heads_grounding(module, datamodule.val_dataloader(), heads, query)
-    named = {f"val/{VAL_METRIC_NAMES.get(key, key)}": value for key, value in metrics.items()}
+    named = {f"val/{key}": value for key, value in metrics.items()}
     return {key: value for key, value in named.items() if is_headline(key)}, heads
 
 
@@ -185,7 +185,7 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
             update_from_maps(metrics[name], maps, batch.supervision, sample_index)
     columns = {
         name: {
-            f"val/{VAL_METRIC_NAMES.get(key, key)}": float(value)
+            f"val/{key}": float(value)
             for key, value in metric.compute().items()
             if not key.startswith("num_")
         }

@@ -6,17 +6,21 @@ Pre-emption lives in :mod:`swim.train.checkpoints`, metrics.json in :mod:`swim.t
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+import numpy as np
+import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from rich.console import Console
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
+from swim.eval.grounding import grounding_scores
 from swim.model.maps import SampleHeatmaps
 from swim.train.heatmaps import HeatmapRow, render_rows
 from swim.train.utils import count_parameters
@@ -29,34 +33,60 @@ def heatmap_rows(
 ) -> list[HeatmapRow]:
     """Rows to draw from the module's ``last_val_maps``: the first row of each tagged phrase.
 
+    The title names the whole tagged phrase (all its rows' tokens) and the drawn row's token; each
+    cell with ground truth gets the drawn map's pointing-game score.
+
     Args:
         val_maps: the module's snapshot of the last validation's fused maps, per sample.
         max_rows: how many rows to keep, in sample order (the module keeps a fixed set of samples).
-        tokenizer: decodes the tagged token for the title when given.
+        tokenizer: decodes the tagged tokens for the title when given.
     """
+
+    def text(token_ids: list[int]) -> str:
+        return tokenizer.decode(token_ids).strip() if tokenizer is not None else f"ids {token_ids}"
+
     rows: list[HeatmapRow] = []
     for sample in val_maps:
+        phrases: dict[int, list[int]] = {}
+        for row in sample.rows:
+            phrases.setdefault(row.phrase, []).append(row.token_id)
         seen_phrases: set[int] = set()
         for row in sample.rows:
             if row.phrase in seen_phrases:
                 continue
             seen_phrases.add(row.phrase)
-            token = tokenizer.decode([row.token_id]) if tokenizer is not None else f"id {row.token_id}"
             title = (
-                f"{sample.sample_id} | phrase {row.phrase} | token {token.strip()!r} @ {row.token_position}"
+                f"{sample.sample_id} | phrase {row.phrase} {text(phrases[row.phrase])!r} | "
+                f"row of token {text([row.token_id])!r} @ {row.token_position}"
             )
             rows.append(
-                HeatmapRow(title=title, attention=row.fused, mask=row.cell_masks, valid=row.cell_valid)
+                HeatmapRow(
+                    title=title,
+                    attention=row.fused,
+                    mask=row.cell_masks,
+                    valid=row.cell_valid,
+                    frames=sample.frames,
+                    scores=_pointing(row.fused, row.cell_masks, row.cell_valid),
+                )
             )
             if len(rows) == max_rows:
                 return rows
     return rows
 
 
+def _pointing(fused: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> list[float | None]:
+    """Per cell, the pointing-game score of ``fused (T, h, w)`` against ``masks (T, h', w')``."""
+    scores = grounding_scores(fused.float(), masks.float(), topk=(1,))["pointing_game"]
+    return [
+        float(s) if bool(v) and math.isfinite(float(s)) else None for s, v in zip(scores, valid, strict=True)
+    ]
+
+
 class AttentionHeatmaps(Callback):
     """Every ``every_n_val`` validations, draw the fused attention of a fixed set of rows next to the GT.
 
-    The panel goes to every W&B logger as ``val/attention_heatmaps`` (a ``wandb.Image``) and, when
+    The panel goes to every W&B logger as ``val/attention_heatmaps`` (a ``wandb.Image``), to every
+    TensorBoard logger under the same tag, and, when
     ``save_dir`` is set, to ``<save_dir>/step_<global_step>.png``.
 
     Args:
@@ -96,15 +126,37 @@ class AttentionHeatmaps(Callback):
             log.info("The last validation's attention maps hold no rows; no heatmap panel")
             return
         panel = render_rows(rows, tile_px=self.tile_px)
-        caption = f"step {trainer.global_step}: attention (top) vs ground truth (bottom) per temporal cell"
+        caption = (
+            f"step {trainer.global_step}: attention (top, pointing-game score per cell) vs ground truth "
+            "(bottom) per temporal cell"
+        )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.KEY, images=[panel], caption=[caption], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(
+                    self.KEY, np.asarray(panel), trainer.global_step, dataformats="HWC"
+                )
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             path = self.save_dir / f"step_{trainer.global_step:07d}.png"
             panel.save(path)
             self.saved.append(path)
+
+
+class LastValidationStep(Callback):
+    """Remembers the global step of the last validation run during fit (``None``: none ran).
+
+    ``train.py`` skips its post-fit ``validate`` when the fit's last validation ran at the final
+    step: it would repeat the same numbers and log everything twice.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.step = trainer.global_step
 
 
 class RunInfoLogger(Callback):

@@ -52,7 +52,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
         if candidate.exists():
             log.info("Resuming from %s", candidate)
             return str(candidate)
-        log.info("ckpt_path=last: no %s yet, training from scratch", candidate)
+        log.warning(
+            "ckpt_path=last: there is no %s, so this run STARTS FROM SCRATCH. That is right for the "
+            "first start of a job a scheduler may requeue; to resume an earlier run, pass "
+            "ckpt_path=<its run dir> or hydra.run.dir=<its run dir>",
+            candidate,
+        )
         return None
     path = Path(ckpt_path)
     if path.suffix == ".ckpt" and path.exists():
@@ -140,6 +145,48 @@ class PreemptionCheckpoint(Callback):
         trainer.save_checkpoint(path)
         self.saved_path = path
         log.warning("%s: saved %s at global step %d", reason, path, trainer.global_step)
+
+
+class ScheduleLengthCheck(Callback):
+    """Warn when a run resumes with another ``max_steps`` (or epoch length) than it was saved with.
+
+    The learning-rate schedule is sized to ``trainer.estimated_stepping_batches`` when the run
+    starts; a resumed run with a changed ``max_steps`` gets a schedule of another length, restored
+    at the saved step (a cosine schedule shrunk below the saved step runs at lr 0). The saved
+    value lives in the checkpoint as this callback's state.
+    """
+
+    def __init__(self) -> None:
+        self.saved: dict[str, int] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return {}
+        return {"max_steps": int(trainer.max_steps), "max_epochs": int(trainer.max_epochs or -1)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.saved = dict(state_dict)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not state_dict:
+            return
+        now = {"max_steps": int(trainer.max_steps), "max_epochs": int(trainer.max_epochs or -1)}
+        changed = {
+            key: (state_dict[key], now[key])
+            for key in now
+            if key in state_dict and state_dict[key] != now[key]
+        }
+        if changed:
+            described = ", ".join(f"trainer.{key} {old} -> {new}" for key, (old, new) in changed.items())
+            log.warning(
+                "Resuming with %s: the learning-rate schedule was sized to the old run length and is now "
+                "rebuilt for the new one at the saved step (a cosine schedule may jump, or sit at lr 0 past "
+                "its end). Resume with the original values to continue the same schedule.",
+                described,
+            )
 
 
 class RestoreLoaderPosition(Callback):

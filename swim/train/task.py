@@ -1,5 +1,10 @@
 """The task wrapper of ``train.py``: failures logged with the run dir, W&B always finished.
 
+A :class:`~swim.train.preflight.ConfigError` (missing data, unset weights) is printed as its message
+alone and exits with status 2: no traceback for a mistake in the command line. Any other failure is
+logged in one line on the console (Hydra prints its traceback once) and with the traceback in the
+run's log file.
+
 Free of heavy imports (no torch, no Lightning) so that ``train.py --help`` and ``--cfg job`` stay
 instant: ``train.py`` imports the rest inside the task.
 """
@@ -13,6 +18,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from omegaconf import DictConfig
+
+from swim.train.preflight import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,19 @@ def task_wrapper(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
         except SystemExit as stop:
             log.warning("Stopped (%s); outputs so far are in %s", type(stop).__name__, cfg.paths.output_dir)
             raise
-        except BaseException:
+        except ConfigError as err:
+            exit_code = 2
+            log.error("%s", err)
+            raise SystemExit(exit_code) from None
+        except BaseException as err:
             exit_code = 1
-            log.exception("Task failed; its outputs so far are in %s", cfg.paths.output_dir)
+            log.error(
+                "Task failed (%s: %s); its outputs so far are in %s",
+                type(err).__name__,
+                err,
+                cfg.paths.output_dir,
+            )
+            _traceback_to_log_files(log)
             raise
         finally:
             if "wandb" in sys.modules:
@@ -49,3 +66,13 @@ def task_wrapper(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
                     wandb.finish(exit_code=exit_code)
 
     return wrapped
+
+
+def _traceback_to_log_files(logger: logging.Logger) -> None:
+    """Write the exception being handled, with its traceback, to the root logger's file handlers only."""
+    record = logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 0, "Traceback of the failure", (), sys.exc_info()
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
