@@ -121,9 +121,9 @@ def test_missing_data_and_weights_fail_before_anything_is_built(
     args = [
         *FAST,
         *demo_overrides(train_demo, records_cache),
-        f"data.train.sources.0.path={missing / 'a.json'}",
-        f"data.val.sources.0.video_root={missing / 'videos'}",
-        f"data.bench.sources.1.path={missing / 'b.json'}",
+        f"data.train.sources.nl_refer_d.path={missing / 'a.json'}",
+        f"data.val.sources.val_nl_refer_d.video_root={missing / 'videos'}",
+        f"data.bench.sources.bench_d_nlrefer.path={missing / 'b.json'}",
         "model=qwen2_5_vl_7b",
         f"hydra.run.dir={run_dir}",
     ]
