@@ -9,11 +9,12 @@ to) and raise one :class:`ConfigError` that lists them, one per line. Free of he
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from swim.data.sources import source_configs
 
 ENV_REFERENCE = re.compile(r"oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -22,26 +23,32 @@ class ConfigError(ValueError):
     """A composed config that cannot run (missing files, unset weights); the message lists every problem."""
 
 
-def source_problems(sources: Iterable[Any], where: str, skip_under: str | None = None) -> list[str]:
-    """Missing ``path`` and ``video_root`` of each source of a list, labelled ``where[i] (name)``.
+def source_problems(sources: Any, where: str, skip_under: str | None = None) -> list[str]:
+    """Missing ``path`` and ``video_root`` of each source of a split, labelled ``where.<name>``.
 
     Args:
-        sources: source mappings (``path``, optional ``video_root`` and ``name``).
-        where: the config key of the list, e.g. ``data.train.sources``.
+        sources: the split's sources, a mapping keyed by name or a list
+            (:func:`swim.data.sources.source_configs`); ``optional: true`` sources are not checked
+            (the mixture leaves a missing one out with a warning).
+        where: the config key of the sources, e.g. ``data.train.sources``.
         skip_under: sources whose path lies under this folder are not checked (a demo that is
             generated on first use).
     """
+    if isinstance(sources, DictConfig | ListConfig):
+        sources = OmegaConf.to_container(sources, resolve=True)
     problems = []
-    for i, source in enumerate(sources or []):
-        label = f"{where}[{i}]" + (f" ({source.get('name')})" if source.get("name") else "")
-        path = source.get("path")
+    for source in source_configs(sources):
+        label = f"{where}.{source.name}"
+        path = source.path
+        if source.optional:
+            continue
         if skip_under and path and Path(path).resolve().is_relative_to(Path(skip_under).resolve()):
             continue
         if not path:
             problems.append(f"{label}.path is not set")
         elif not Path(path).exists():
             problems.append(f"{label}.path: no such file {path}")
-        root = source.get("video_root")
+        root = source.video_root
         if root and not Path(root).is_dir():
             problems.append(f"{label}.video_root: no such folder {root}")
     return problems
