@@ -166,7 +166,7 @@ class SwimModule(LightningModule):
         ``from_pretrained`` under Lightning's ``zero.Init`` must know ZeRO-3 is enabled to gather each
         partitioned parameter while it copies the weights in; transformers reads that from a live
         ``HfDeepSpeedConfig`` (it keeps only a weak reference, so the module holds this object).
-        Not exercised by the CPU test suite (DeepSpeed needs CUDA).
+        Exercised by ``tests/test_deepspeed.py::test_pretrained_backbone_loads_under_zero_init_and_exports``.
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         if not (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3):
