@@ -1,5 +1,5 @@
 """Helpers of the DeepSpeed tests: a per-rank recorder callback, callbacks that change one rank's
-batch (text-only, non-finite mask loss), and training sources with a chosen mix of videos and images.
+step (a text-only batch, a NaN loss), and training sources with a chosen mix of videos and images.
 
 The callbacks run inside the ``train.py`` rank processes (``+callbacks.<name>._target_=...``); each
 rank writes its own files into ``out`` for the test to read.
@@ -47,7 +47,8 @@ class RankRecorder(L.Callback):
     """Per rank: parameter partitions, the optimiser's parameters and, per step, what ran.
 
     ``rank{r}.json`` holds ``partition`` (name -> ``[full numel, numel held by this rank]``),
-    ``optimized`` (names of the parameters in the ZeRO optimizer), ``steps`` (per batch: global step
+    ``optimized`` (names of the parameters in the ZeRO optimizer), ``base_optimizer`` (the class
+    that DeepSpeed's optimizer wraps), ``steps`` (per batch: global step
     before it, loss returned, logged text loss, tower calls, visual kinds, sample ids, skips so far).
     With ``gather``, rank 0 saves the gathered weights as ``gathered_start.pt`` / ``gathered_end.pt``.
     """
@@ -75,6 +76,7 @@ class RankRecorder(L.Callback):
         optimizer = trainer.optimizers[0]
         self.record["optimized"] = sorted(names[id(p)] for p in optimizer_parameters(optimizer))
         self.record["world_size"] = trainer.world_size
+        self.record["base_optimizer"] = type(getattr(optimizer, "optimizer", optimizer)).__name__
         model.model.visual.register_forward_hook(self._count_tower_call)
         self._save_gathered(trainer, pl_module, "start")
 
@@ -120,21 +122,29 @@ def _local_numel(param: torch.nn.Parameter) -> int:
     return partition.numel() if partition is not None else param.numel()
 
 
-class NanMaskOnRank(L.Callback):
-    """Makes the ground-truth masks of one rank's batch NaN at one step: a non-finite mask loss there only."""
+class NanLossOnRank(L.Callback):
+    """Makes one rank's total loss NaN at one step (a NaN text weight; every loss term stays finite).
+
+    NaN ground-truth masks would not do: the BCE rejects targets outside [0, 1] with an error.
+    """
 
     def __init__(self, rank: int, step: int) -> None:
         self.rank = rank
         self.step = step
+        self._weight: float | None = None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
-            supervision = batch.supervision
-            assert supervision.num_rows > 0, "NanMaskOnRank needs a supervised batch on its rank"
-            for masks in [*supervision.pixel_masks, *supervision.cell_masks]:
-                masks.fill_(float("nan"))
+            self._weight = pl_module.loss_cfg.text_weight
+            pl_module.loss_cfg.text_weight = float("nan")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._weight is not None:
+            pl_module.loss_cfg.text_weight, self._weight = self._weight, None
 
 
 class TextOnlyOnRank(L.Callback):
