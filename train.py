@@ -85,7 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(
-        cfg.trainer, strategy=instantiate_strategy(cfg.strategy), callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        strategy=instantiate_strategy(cfg.strategy, cfg.trainer.accelerator),
+        callbacks=callbacks,
+        logger=loggers or False,
     )
 
     def finish(status: str, fit: dict[str, float], validation: dict[str, float]) -> dict[str, Any]:

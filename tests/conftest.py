@@ -13,6 +13,8 @@ import torch
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HYDRA_FULL_ERROR"] = "1"
+# DeepSpeed runs on CPU processes in the tests (tests/test_deepspeed.py), also on a machine with GPUs.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # The tests share two CPU cores with other work: one intra-op thread per process.
 torch.set_num_threads(1)
 

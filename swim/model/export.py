@@ -26,7 +26,7 @@ Sources:
 - a DeepSpeed checkpoint directory (what Lightning's DeepSpeed strategy saves under ``*.ckpt/``):
   its ZeRO shards are consolidated into one fp32 state dict first, with
   ``lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict`` (needs the
-  ``deepspeed`` package; not exercised by the CPU test suite).
+  ``deepspeed`` package; tested on a ZeRO-3 run of two CPU processes in ``tests/test_deepspeed.py``).
 
 The folder is written atomically: into a temporary sibling directory, then moved into place with
 ``os.replace``; a failed export leaves no partial folder behind.

@@ -10,10 +10,12 @@ Design choices, each forced by a distributed strategy:
   hook inside DeepSpeed's ``zero.Init`` (ZeRO-3) and FSDP's init context, so a 7B model is
   partitioned as it is created instead of being materialised whole on every rank. The hook is
   idempotent, and ``load_from_checkpoint`` calls it before loading the state dict.
-- Every rank runs the vision tower every step. ZeRO-3 gathers a module's parameters with
-  collectives in its forward hooks; a rank whose batch has no visual input would skip the tower's
-  gathers while the others wait in them (a hang). Such a batch runs the tower on a 1x2x2-patch
-  dummy video and adds ``0 * output.sum()`` to the loss.
+- Every rank runs the vision tower equally often every step. ZeRO-3 gathers a module's parameters
+  with collectives in its forward hooks; a rank whose batch has fewer visual inputs (none, or no
+  images while another rank has some) would skip the tower's gathers while the others wait in them
+  (a hang). Such a batch runs the tower on a 1x2x2-patch dummy video right after the token
+  embedding, as often as it falls short, and adds ``0 * output.sum()`` to the loss
+  (:mod:`swim.model.tower`).
 - A non-finite loss skips the step (counted as ``train/nonfinite_skips``). On one process without
   DeepSpeed, ``training_step`` returns ``None``: Lightning 2.6 then skips backward, and the
   optimiser step that follows finds no gradient from this batch (``torch.optim.AdamW`` leaves
@@ -59,14 +61,9 @@ from swim.model.optim import (
     parameter_counts,
 )
 from swim.model.probe import AttentionProbe, probe_request
-from swim.model.step import (
-    StepOutput,
-    labelled_cross_entropy,
-    skipped_records,
-    visual_anchor,
-    zero_weighted_loss,
-)
+from swim.model.step import StepOutput, labelled_cross_entropy, skipped_records, zero_weighted_loss
 from swim.model.structured import loss_config, to_dataclass
+from swim.model.tower import balanced_tower_passes
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +168,7 @@ class SwimModule(LightningModule):
         ``from_pretrained`` under Lightning's ``zero.Init`` must know ZeRO-3 is enabled to gather each
         partitioned parameter while it copies the weights in; transformers reads that from a live
         ``HfDeepSpeedConfig`` (it keeps only a weak reference, so the module holds this object).
-        Not exercised by the CPU test suite (DeepSpeed needs CUDA).
+        Exercised by ``tests/test_deepspeed.py::test_pretrained_backbone_loads_under_zero_init_and_exports``.
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         if not (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3):
@@ -210,7 +207,7 @@ class SwimModule(LightningModule):
             context = self.probe.capture(request)
         else:
             context = nullcontext({})
-        with context as maps:
+        with context as maps, balanced_tower_passes(self.model, batch) as anchors:
             hidden = self.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
         text_loss, num_tokens = labelled_cross_entropy(hidden, batch.labels, self.model.lm_head)
         attention = attention_mask_loss(maps, supervision, self.loss_cfg) if armed else None
@@ -218,9 +215,8 @@ class SwimModule(LightningModule):
         loss = composite_loss(
             text_loss, mask_loss if mask_loss is not None else text_loss.new_zeros(()), self.loss_cfg
         )
-        anchor = None
-        if batch.pixel_values is None and batch.pixel_values_videos is None:
-            anchor = visual_anchor(self.model, batch.input_ids.device)
+        anchor = torch.stack(anchors).sum() if anchors else None
+        if anchor is not None:
             loss = loss + anchor
         return StepOutput(loss, text_loss, num_tokens, mask_loss, attention, dict(maps), anchor)
 

@@ -72,7 +72,7 @@ class StepOutput:
         mask_loss: the attention-mask loss, or ``None`` when the batch has no supervised row.
         attention: the loss module's full output (fused maps, per-layer mass), or ``None``.
         maps: ``{layer: (R, K)}`` (``(R, heads, K)`` with ``keep_heads``) captured maps; empty without rows.
-        anchor: the dummy-video tower term, or ``None`` when the batch had visual input.
+        anchor: the dummy-video tower terms (:mod:`swim.model.tower`), or ``None`` when there were none.
     """
 
     loss: Tensor

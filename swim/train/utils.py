@@ -68,21 +68,39 @@ def _instantiate_each(group_cfg: DictConfig | None, kind: type[T], group: str) -
     return objects
 
 
-def instantiate_strategy(strategy_cfg: DictConfig) -> Strategy | str:
+def instantiate_strategy(strategy_cfg: DictConfig, accelerator: str = "auto") -> Strategy | str:
     """The Lightning strategy of the ``strategy`` group (``auto`` gives the string ``"auto"``).
+
+    A DeepSpeed strategy on ``accelerator="cpu"`` (``trainer=cpu``) is built as
+    :class:`~swim.train.deepspeed_cpu.CPUDeepSpeedStrategy` with the same arguments, and DeepSpeed is
+    told to use its CPU accelerator (``DS_ACCELERATOR=cpu``) before it is first imported.
+
+    Args:
+        strategy_cfg: the ``strategy`` config node.
+        accelerator: the trainer's ``accelerator`` (``cpu``, ``gpu``, ``auto``, ...).
 
     Raises:
         RuntimeError: a DeepSpeed strategy was asked for but the ``deepspeed`` package is missing.
     """
     target = str(strategy_cfg.get("_target_", ""))
-    if target.endswith("DeepSpeedStrategy"):
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError(
-                f"strategy {target} (stage {strategy_cfg.get('stage')}) needs the `deepspeed` package and "
-                "CUDA GPUs; install them with `pip install -e '.[gpu]'`, or use strategy=auto or strategy=ddp"
-            ) from err
+    if not target.endswith("DeepSpeedStrategy"):
+        return hydra.utils.instantiate(strategy_cfg)
+    on_cpu = accelerator == "cpu"
+    if on_cpu:
+        from swim.train.deepspeed_cpu import CPUDeepSpeedStrategy, use_deepspeed_cpu_accelerator
+
+        use_deepspeed_cpu_accelerator()
+        strategy_cfg = OmegaConf.merge(
+            strategy_cfg, {"_target_": f"{CPUDeepSpeedStrategy.__module__}.{CPUDeepSpeedStrategy.__name__}"}
+        )
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as err:
+        hardware = "" if on_cpu else " and CUDA GPUs (or trainer=cpu)"
+        raise RuntimeError(
+            f"strategy {target} (stage {strategy_cfg.get('stage')}) needs the `deepspeed` package{hardware}; "
+            "install it with `pip install -e '.[gpu]'` (or '.[dev]'), or use strategy=auto or strategy=ddp"
+        ) from err
     return hydra.utils.instantiate(strategy_cfg)
 
 
