@@ -54,7 +54,8 @@ class Sample:
         cell_masks: ``N`` tensors ``(T, h, w)`` float; ``cell_valid``: ``N`` tensors ``(T,)`` bool.
         pixel_masks: ``N`` tensors ``(T, H, W)`` float, or ``None`` when not asked for.
         phrases: the tagged phrase of each phrase index.
-        counters: events while building it (``tag_dropped/<reason>``, ``tags/kept``, ``skip/<reason>``).
+        counters: events while building it (``tag_dropped/<reason>``, ``tags/kept``, ``skip/<reason>``,
+            ``video/error_frames``: decoded frames that reported errors).
     """
 
     id: str
@@ -190,6 +191,8 @@ class SampleBuilder:
                 query=cfg.query,  # type: ignore[arg-type]
             )
         counters = Counter(alignment.counters)
+        if clip is not None:
+            counters["video/error_frames"] += clip.error_frames
         with sw("decode_masks"):
             rows, phrases, masks = self._masks(record, clip, alignment.rows, alignment.phrases, counters)
         with sw("processor"):
