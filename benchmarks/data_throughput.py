@@ -7,13 +7,16 @@ dataloader worker runs), with the builder's per-stage stopwatch on:
   frames kept at 112-224 px) on a generated demo dataset;
 - ``720p``: a generated 1280x720, 300-frame H.264 mp4 (a square moving over a gradient) with the
   square's RLE masks on 8 frames, built with the reference knobs (``DataConfig()`` defaults: 32
-  frames, 128-768 tokens per frame).
+  frames, 128-768 tokens per frame), once per decoder backend that works here
+  (``data.video.backend``), and once with PyAV behind the decode deadline
+  (``data.video.timeout_s``: decoding in a helper process, frames sent back through a pipe).
 
 Prints samples/s and ms per sample, and the share of each stage (read record, decode video,
 resize frames, render + tokenise, align tags, decode masks, processor) in the measured time;
 ``other`` is the rest (frame-size arithmetic, consistency checks, tensor assembly).
 
     .venv/bin/python benchmarks/data_throughput.py [--demo-dir DIR] [--demo-train 32] [--repeats 5]
+        [--backends pyav decord torchcodec]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swim.data.dataset import SwimDataset
+from swim.data.decoders import BACKENDS, unavailable
 from swim.data.mixture import build_mixture
 from swim.data.sample import STAGES, DataConfig, SampleBuilder
 from swim.data.schema import Record, Turn
@@ -128,6 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--demo-train", type=int, default=32, help="train videos of the generated demo")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the 720p record")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), help="decoders for the 720p rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -138,10 +143,16 @@ def main() -> None:
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        workloads = {
-            "demo": (*demo_workload(args.demo_dir, args.demo_train, cache), 1),
-            "720p, 32 of 300 frames": (*hd_workload(cache), args.repeats),
-        }
+        workloads = {"demo": (*demo_workload(args.demo_dir, args.demo_train, cache), 1)}
+        hd_records, _ = hd_workload(cache)
+        for backend in args.backends:
+            if unavailable(backend) is not None:
+                console.print(f"skipping {backend}: {unavailable(backend)}")
+                continue
+            cfg = DataConfig(video={"backend": backend})
+            workloads[f"720p, 32 of 300 frames, {backend}"] = (hd_records, cfg, args.repeats)
+        deadline = DataConfig(video={"backend": "pyav", "timeout_s": 60.0})
+        workloads["720p, 32 of 300 frames, pyav, timeout_s=60"] = (hd_records, deadline, args.repeats)
         for name, (records, cfg, repeats) in workloads.items():
             builder = SampleBuilder(processor, cfg)
             count, seconds, stages = measure(builder, records, repeats)
