@@ -9,7 +9,9 @@ dataloader worker runs), with the builder's per-stage stopwatch on:
   square's RLE masks on 8 frames, built with the reference knobs (``DataConfig()`` defaults: 32
   frames, 128-768 tokens per frame), once per decoder backend that works here
   (``data.video.backend``), and once with PyAV behind the decode deadline
-  (``data.video.timeout_s``: decoding in a helper process, frames sent back through a pipe).
+  (``data.video.timeout_s``: decoding in a helper process, frames sent back through a pipe);
+  the passes over the 720p record alternate between these, so the ratios between rows hold
+  on a loaded machine.
 
 Prints samples/s and ms per sample, and the share of each stage (read record, decode video,
 resize frames, render + tokenise, align tags, decode masks, processor) in the measured time;
@@ -107,20 +109,30 @@ def hd_workload(cache: Path) -> tuple[list[Record], DataConfig]:
 
 
 def measure(
-    builder: SampleBuilder, records: list[Record], repeats: int
-) -> tuple[int, float, dict[str, float]]:
-    """Build every record ``repeats`` times (after one warm-up); samples, seconds, seconds per stage."""
-    dataset = SwimDataset(records, builder, strict=True)
-    dataset[0]
-    builder.stopwatch.enabled = True
-    builder.stopwatch.reset()
-    start = time.perf_counter()
+    builders: dict[str, SampleBuilder], records: dict[str, Sequence[Record]], repeats: int
+) -> dict[str, tuple[int, float, dict[str, float]]]:
+    """Per workload: samples built, seconds and seconds per stage over ``repeats`` passes.
+
+    Each workload is warmed up once; then the passes alternate between the workloads, so that a
+    change in the machine's load falls on all of them alike.
+    """
+    datasets = {name: SwimDataset(records[name], builder, strict=True) for name, builder in builders.items()}
+    seconds = dict.fromkeys(builders, 0.0)
+    for name, dataset in datasets.items():
+        dataset[0]
+        builders[name].stopwatch.reset()
     for _ in range(repeats):
-        for i in range(len(dataset)):
-            dataset[i]
-    seconds = time.perf_counter() - start
-    builder.stopwatch.enabled = False
-    return repeats * len(dataset), seconds, dict(builder.stopwatch.seconds)
+        for name, dataset in datasets.items():
+            builders[name].stopwatch.enabled = True
+            start = time.perf_counter()
+            for i in range(len(dataset)):
+                dataset[i]
+            seconds[name] += time.perf_counter() - start
+            builders[name].stopwatch.enabled = False
+    return {
+        name: (repeats * len(datasets[name]), seconds[name], dict(builders[name].stopwatch.seconds))
+        for name in builders
+    }
 
 
 def main() -> None:
@@ -143,19 +155,20 @@ def main() -> None:
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        workloads = {"demo": (*demo_workload(args.demo_dir, args.demo_train, cache), 1)}
+        demo_records, demo_cfg = demo_workload(args.demo_dir, args.demo_train, cache)
+        results = measure({"demo": SampleBuilder(processor, demo_cfg)}, {"demo": demo_records}, 1)
         hd_records, _ = hd_workload(cache)
+        configs = {}
         for backend in args.backends:
             if unavailable(backend) is not None:
                 console.print(f"skipping {backend}: {unavailable(backend)}")
                 continue
-            cfg = DataConfig(video={"backend": backend})
-            workloads[f"720p, 32 of 300 frames, {backend}"] = (hd_records, cfg, args.repeats)
+            configs[f"720p, 32 of 300 frames, {backend}"] = DataConfig(video={"backend": backend})
         deadline = DataConfig(video={"backend": "pyav", "timeout_s": 60.0})
-        workloads["720p, 32 of 300 frames, pyav, timeout_s=60"] = (hd_records, deadline, args.repeats)
-        for name, (records, cfg, repeats) in workloads.items():
-            builder = SampleBuilder(processor, cfg)
-            count, seconds, stages = measure(builder, records, repeats)
+        configs["720p, 32 of 300 frames, pyav, timeout_s=60"] = deadline
+        builders = {name: SampleBuilder(processor, cfg) for name, cfg in configs.items()}
+        results.update(measure(builders, dict.fromkeys(configs, hd_records), args.repeats))
+        for name, (count, seconds, stages) in results.items():
             shares = [100 * stages.get(stage, 0.0) / seconds for stage in STAGES]
             table.add_row(
                 name,

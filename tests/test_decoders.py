@@ -124,7 +124,7 @@ def test_concealed_corruption_is_counted_and_rejected_when_strict(corrupt: Path)
     assert frames.shape == (40, 128, 160, 3) and errors > 0  # FFmpeg returned frames, but said so
     lenient = DataConfig(max_frames=40, video={"backend": "pyav"})
     loaded = load_video_clip(str(corrupt / "flipped.mp4"), lenient, file="ann.json", index=3)
-    assert loaded.error_frames == errors
+    assert loaded.error_frames > 0  # which frames get the blame varies with FFmpeg's frame threads
     assert load_video_clip(str(corrupt / "clean.mp4"), lenient).error_frames == 0
     strict = DataConfig(max_frames=40, strict=True, video={"backend": "pyav"})
     with pytest.raises(SampleError) as caught:

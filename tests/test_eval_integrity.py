@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_fixtures import compose_eval, expected_scores, make_demo
+from eval_fixtures import compose_eval, expected_scores
 from module_fixtures import tiny_module
 
 from swim.data.schema import RecordError
@@ -22,35 +22,25 @@ from swim.model.export import export_hf
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def fast(*overrides: str) -> tuple[str, ...]:
     return ("generation.batch_size=2", "task.max_new_tokens=4", *overrides)
 
 
-def one_source(name: str, path: Path, demo: Path) -> str:
-    return f"task.sources=[{{name: {name}, path: {path}, video_root: {demo}}}]"
+def one_source(name: str, path: Path, eval_demo: Path) -> str:
+    return f"task.sources=[{{name: {name}, path: {path}, video_root: {eval_demo}}}]"
 
 
-def edited_bench(demo: Path, tmp_path: Path, kind: str, edit) -> Path:
-    records = json.loads((demo / "annotations" / f"{kind}.json").read_text())[:3]
+def edited_bench(eval_demo: Path, tmp_path: Path, kind: str, edit) -> Path:
+    records = json.loads((eval_demo / "annotations" / f"{kind}.json").read_text())[:3]
     edit(records)
     path = tmp_path / f"{kind}_edited.json"
     path.write_text(json.dumps(records))
     return path
 
 
-def test_sources_default_to_the_data_config(demo, cache):
+def test_sources_default_to_the_data_config(eval_demo, eval_cache):
     names = {
-        task: [source["name"] for source in task_sources(compose_eval(demo, cache, f"task={task}"))]
+        task: [source["name"] for source in task_sources(compose_eval(eval_demo, eval_cache, f"task={task}"))]
         for task in ("bench_q", "bench_d", "grounding", "visualize")
     }
     assert names == {
@@ -59,23 +49,24 @@ def test_sources_default_to_the_data_config(demo, cache):
         "grounding": ["bench_q_nlrefer", "bench_d_nlrefer", "val_nl_refer_d"],
         "visualize": ["val_nl_refer_d"],
     }
-    cfg = compose_eval(demo, cache, "task=bench_q", "data.bench.sources=[]")
+    cfg = compose_eval(eval_demo, eval_cache, "task=bench_q", "data.bench.sources=[]")
     with pytest.raises(
         ValueError, match=r"task=bench_q: no source with format bench_q in data.bench.sources"
     ):
         task_sources(cfg)
 
 
-def test_a_bad_bench_q_answer_is_a_counted_skip_unless_strict(demo, cache, tmp_path):
+def test_a_bad_bench_q_answer_is_a_counted_skip_unless_strict(eval_demo, eval_cache, tmp_path):
     def break_answer(records):
         records[1]["Answer"] = "(Z) none of these"
 
-    path = edited_bench(demo, tmp_path, "bench_q", break_answer)
-    source = one_source("edited", path, demo)
+    path = edited_bench(eval_demo, tmp_path, "bench_q", break_answer)
+    source = one_source("edited", path, eval_demo)
     with pytest.raises(RecordError, match=r"bench_q_edited.json: record 1: field Answer: bad_answer"):
-        run(compose_eval(demo, cache, "task=bench_q", source, *fast()), tmp_path / "strict")
+        run(compose_eval(eval_demo, eval_cache, "task=bench_q", source, *fast()), tmp_path / "strict")
     report = run(
-        compose_eval(demo, cache, "task=bench_q", source, "strict=false", *fast()), tmp_path / "lenient"
+        compose_eval(eval_demo, eval_cache, "task=bench_q", source, "strict=false", *fast()),
+        tmp_path / "lenient",
     )
     assert report.metrics["edited/questions"] == 3 and report.metrics["edited/skipped"] == 1
     assert (
@@ -85,12 +76,14 @@ def test_a_bad_bench_q_answer_is_a_counted_skip_unless_strict(demo, cache, tmp_p
     assert [row.get("error") for row in rows].count("bad_answer") == 1
 
 
-def test_duplicate_ids_are_an_error_naming_both_records(demo, cache, tmp_path):
+def test_duplicate_ids_are_an_error_naming_both_records(eval_demo, eval_cache, tmp_path):
     def duplicate(records):
         records[2]["id"] = records[0]["id"]
 
-    path = edited_bench(demo, tmp_path, "bench_q", duplicate)
-    cfg = compose_eval(demo, cache, "task=bench_q", one_source("dup", path, demo), "strict=false", *fast())
+    path = edited_bench(eval_demo, tmp_path, "bench_q", duplicate)
+    cfg = compose_eval(
+        eval_demo, eval_cache, "task=bench_q", one_source("dup", path, eval_demo), "strict=false", *fast()
+    )
     with pytest.raises(
         ValueError, match=r"bench_q_edited.json record 0 and by .*bench_q_edited.json record 2"
     ):
@@ -98,9 +91,13 @@ def test_duplicate_ids_are_an_error_naming_both_records(demo, cache, tmp_path):
     assert not (tmp_path / "out" / "bench_q").exists()
 
 
-def test_stub_judge_runs_the_real_client_with_retries_cache_and_resume(demo, cache, tmp_path, monkeypatch):
+def test_stub_judge_runs_the_real_client_with_retries_cache_and_resume(
+    eval_demo, eval_cache, tmp_path, monkeypatch
+):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the stub needs no key
-    first = run(compose_eval(demo, cache, "task=bench_d", "task.judge=stub", *fast()), tmp_path / "a")
+    first = run(
+        compose_eval(eval_demo, eval_cache, "task=bench_d", "task.judge=stub", *fast()), tmp_path / "a"
+    )
     for source in ("bench_d", "bench_d_nlrefer"):
         predictions = read_jsonl(tmp_path / "a" / "bench_d" / f"{source}.predictions.jsonl")
         judged = {
@@ -119,10 +116,10 @@ def test_stub_judge_runs_the_real_client_with_retries_cache_and_resume(demo, cac
         "task.judge.backoff_s=0.01",
         faults,
     )
-    retried = run(compose_eval(demo, cache, "task=bench_d", *stub, *fast()), tmp_path / "b")
+    retried = run(compose_eval(eval_demo, eval_cache, "task=bench_d", *stub, *fast()), tmp_path / "b")
     assert retried.metrics["bench_d/judge_requests_cached"] == 2
     fresh_cache = tmp_path / "fresh_cache"
-    retried = run(compose_eval(demo, fresh_cache, "task=bench_d", *stub, *fast()), tmp_path / "c")
+    retried = run(compose_eval(eval_demo, fresh_cache, "task=bench_d", *stub, *fast()), tmp_path / "c")
     rows = read_jsonl(tmp_path / "c" / "bench_d" / "bench_d.judgements.jsonl")
     failures = [failure for row in rows for failure in row["failures"]]
     assert any("malformed" in f for f in failures) and any("HTTP 500" in f for f in failures)
@@ -133,7 +130,7 @@ def test_stub_judge_runs_the_real_client_with_retries_cache_and_resume(demo, cac
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1][:25])
     resumed = run(
-        compose_eval(demo, fresh_cache, "task=bench_d", *stub[:3], "task.judge.stub_faults=[]", *fast()),
+        compose_eval(eval_demo, fresh_cache, "task=bench_d", *stub[:3], "task.judge.stub_faults=[]", *fast()),
         tmp_path / "c",
     )
     assert resumed.metrics["bench_d_nlrefer/judged_now"] == 1 and resumed.metrics["bench_d/judged_now"] == 0
@@ -154,22 +151,24 @@ NO_JUDGE = (
 )
 
 
-def test_a_run_where_every_judgement_failed_is_an_error_naming_the_url(demo, cache, tmp_path, monkeypatch):
+def test_a_run_where_every_judgement_failed_is_an_error_naming_the_url(
+    eval_demo, eval_cache, tmp_path, monkeypatch
+):
     monkeypatch.setenv("SWIM_TEST_JUDGE_KEY", "none")
     with pytest.raises(
         RuntimeError, match=r"every judgement failed \(2 descriptions\): the judge at .*127.0.0.1:9/v1"
     ):
-        run(compose_eval(demo, cache, *NO_JUDGE), tmp_path)
+        run(compose_eval(eval_demo, eval_cache, *NO_JUDGE), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # the report is still written
     assert metrics["bench_d/judge_failed"] == 1 and metrics["bench_d/judged"] == 0
 
 
 @pytest.mark.slow
-def test_evaluate_py_exits_non_zero_when_every_judgement_failed(demo, cache, tmp_path):
+def test_evaluate_py_exits_non_zero_when_every_judgement_failed(eval_demo, eval_cache, tmp_path):
     places = [
-        f"demo.dir={demo}",
+        f"demo.dir={eval_demo}",
         "demo.ensure=false",
-        f"paths.cache_dir={cache}",
+        f"paths.cache_dir={eval_cache}",
         f"hydra.run.dir={tmp_path}",
     ]
     overrides = [*NO_JUDGE, *places]
@@ -185,12 +184,15 @@ def test_evaluate_py_exits_non_zero_when_every_judgement_failed(demo, cache, tmp
     assert "every judgement failed (2 descriptions)" in done.stderr and UNREACHABLE in done.stderr
 
 
-def test_a_resumed_dir_is_keyed_by_the_model_it_evaluated(demo, cache, tmp_path):
+def test_a_resumed_dir_is_keyed_by_the_model_it_evaluated(eval_demo, eval_cache, tmp_path):
     exported = export_hf(tiny_module(), tmp_path / "export")
-    bench = one_source("q", demo / "annotations" / "bench_q.json", demo)
+    bench = one_source("q", eval_demo / "annotations" / "bench_q.json", eval_demo)
 
     def evaluate(run_dir: Path, *overrides: str):
-        return run(compose_eval(demo, cache, "task=bench_q", bench, "limit=2", *fast(), *overrides), run_dir)
+        return run(
+            compose_eval(eval_demo, eval_cache, "task=bench_q", bench, "limit=2", *fast(), *overrides),
+            run_dir,
+        )
 
     first = evaluate(tmp_path / "a", f"ckpt={exported}")
     assert first.metrics["model_sha256"] and first.metrics["q/generated_now"] == 2

@@ -12,6 +12,7 @@ A decoder is opened in the process that reads with it (a dataloader worker, the 
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -48,11 +49,13 @@ Opener = Callable[[str, int], Decoder]
 
 
 class PyAVDecoder:
-    """PyAV (FFmpeg bundled in its wheel): sequential decode from the start up to the last wanted frame.
+    """PyAV (FFmpeg bundled in its wheel), seeking to the key frame before each run of wanted frames.
 
-    Opening demuxes the whole file once to count its frames.
-
-    FFmpeg's error messages during the decode are captured (never printed) and counted per frame.
+    Opening demuxes the whole file once (no pixels are decoded) to count its frames and learn their
+    timestamps and key frames; a frame's index is its rank in presentation order. A file whose
+    packets have no timestamps is decoded sequentially from the start instead. FFmpeg's error
+    messages during a read are captured (never printed) and counted per decoded frame; with frame
+    threads a message can surface a frame or two late, so the count is exact only in being nonzero.
     """
 
     def __init__(self, path: str, threads: int = 0):
@@ -65,20 +68,30 @@ class PyAVDecoder:
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else 0.0
-            # Count the packets really in the file (demuxing reads no pixels): a truncated file or a
-            # container that over-reports its frames (dmlc/decord #373) fails here, not mid-training.
-            packets = sum(1 for packet in container.demux(stream) if packet.size)
-            if stream.frames and packets < stream.frames:
+            # Count the packets really in the file: a truncated file or a container that over-reports
+            # its frames (dmlc/decord #373) fails here, not mid-training.
+            packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+            if stream.frames and len(packets) < stream.frames:
                 reported = stream.frames
-                raise ValueError(f"the container reports {reported} frames, holds {packets} (truncated?)")
-            self.num_frames = packets
+                raise ValueError(
+                    f"the container reports {reported} frames, holds {len(packets)} (truncated?)"
+                )
+        self.num_frames = len(packets)
+        timed = all(pts is not None for pts, _ in packets)
+        self._pts = sorted(pts for pts, _ in packets) if timed else []
+        self._index = {pts: i for i, pts in enumerate(self._pts)}
+        keys = sorted(self._index[pts] for pts, key in packets if key) if timed else []
+        self._keys = keys if keys and keys[0] == 0 else [0, *keys]
+
+    def _key_before(self, index: int) -> int:
+        """The index of the last key frame at or before frame ``index``."""
+        return self._keys[bisect.bisect_right(self._keys, index) - 1]
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray, int]:
         import av
         import av.logging
 
-        wanted = set(indices)
-        last = max(wanted)
+        wanted = sorted(set(indices))
         found: dict[int, np.ndarray] = {}
         error_frames, seen_errors = 0, 0
         av.logging.set_level(av.logging.ERROR)
@@ -86,17 +99,36 @@ class PyAVDecoder:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
-            for position, frame in enumerate(container.decode(stream)):
-                errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
-                error_frames += errors > seen_errors
-                seen_errors = errors
-                if position in wanted:
-                    found[position] = frame.to_ndarray(format="rgb24")
-                if position == last:
-                    break
-        missing = sorted(wanted - set(found))
+            next_wanted, last_start = 0, -1
+            while next_wanted < len(wanted):
+                start = self._key_before(wanted[next_wanted]) if self._pts else 0
+                if start == last_start:
+                    break  # a seek that brought no wanted frame: those frames do not decode
+                last_start = start
+                if self._pts:
+                    container.seek(self._pts[start], stream=stream, backward=True, any_frame=False)
+                for position, frame in enumerate(container.decode(stream), start=start):
+                    errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
+                    error_frames += errors > seen_errors
+                    seen_errors = errors
+                    index = self._index.get(frame.pts, -1) if self._pts else position
+                    if index < start:
+                        continue
+                    if index in wanted[next_wanted:]:
+                        found[index] = frame.to_ndarray(format="rgb24")
+                    while next_wanted < len(wanted) and wanted[next_wanted] <= index:
+                        next_wanted += 1
+                    if next_wanted == len(wanted) or (
+                        self._pts and self._key_before(wanted[next_wanted]) > index + 1
+                    ):
+                        break  # done, or a key frame lies between here and the next wanted frame
+                else:
+                    break  # the stream ended
+        missing = sorted(set(wanted) - set(found))
         if missing:
-            raise ValueError(f"frames {missing} do not decode (the stream ends before them)")
+            raise ValueError(
+                f"frames {missing} do not decode (the stream ends before them, or they are damaged)"
+            )
         return np.stack([found[i] for i in indices]), error_frames
 
 
