@@ -7,13 +7,18 @@ dataloader worker runs), with the builder's per-stage stopwatch on:
   frames kept at 112-224 px) on a generated demo dataset;
 - ``720p``: a generated 1280x720, 300-frame H.264 mp4 (a square moving over a gradient) with the
   square's RLE masks on 8 frames, built with the reference knobs (``DataConfig()`` defaults: 32
-  frames, 128-768 tokens per frame).
+  frames, 128-768 tokens per frame), once per decoder backend that works here
+  (``data.video.backend``), and once with PyAV behind the decode deadline
+  (``data.video.timeout_s``: decoding in a helper process, frames sent back through a pipe);
+  the passes over the 720p record alternate between these, so the ratios between rows hold
+  on a loaded machine.
 
 Prints samples/s and ms per sample, and the share of each stage (read record, decode video,
 resize frames, render + tokenise, align tags, decode masks, processor) in the measured time;
 ``other`` is the rest (frame-size arithmetic, consistency checks, tensor assembly).
 
     .venv/bin/python benchmarks/data_throughput.py [--demo-dir DIR] [--demo-train 32] [--repeats 5]
+        [--backends pyav decord torchcodec]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swim.data.dataset import SwimDataset
+from swim.data.decoders import BACKENDS, unavailable
 from swim.data.mixture import build_mixture
 from swim.data.sample import STAGES, DataConfig, SampleBuilder
 from swim.data.schema import Record, Turn
@@ -103,20 +109,30 @@ def hd_workload(cache: Path) -> tuple[list[Record], DataConfig]:
 
 
 def measure(
-    builder: SampleBuilder, records: list[Record], repeats: int
-) -> tuple[int, float, dict[str, float]]:
-    """Build every record ``repeats`` times (after one warm-up); samples, seconds, seconds per stage."""
-    dataset = SwimDataset(records, builder, strict=True)
-    dataset[0]
-    builder.stopwatch.enabled = True
-    builder.stopwatch.reset()
-    start = time.perf_counter()
+    builders: dict[str, SampleBuilder], records: dict[str, Sequence[Record]], repeats: int
+) -> dict[str, tuple[int, float, dict[str, float]]]:
+    """Per workload: samples built, seconds and seconds per stage over ``repeats`` passes.
+
+    Each workload is warmed up once; then the passes alternate between the workloads, so that a
+    change in the machine's load falls on all of them alike.
+    """
+    datasets = {name: SwimDataset(records[name], builder, strict=True) for name, builder in builders.items()}
+    seconds = dict.fromkeys(builders, 0.0)
+    for name, dataset in datasets.items():
+        dataset[0]
+        builders[name].stopwatch.reset()
     for _ in range(repeats):
-        for i in range(len(dataset)):
-            dataset[i]
-    seconds = time.perf_counter() - start
-    builder.stopwatch.enabled = False
-    return repeats * len(dataset), seconds, dict(builder.stopwatch.seconds)
+        for name, dataset in datasets.items():
+            builders[name].stopwatch.enabled = True
+            start = time.perf_counter()
+            for i in range(len(dataset)):
+                dataset[i]
+            seconds[name] += time.perf_counter() - start
+            builders[name].stopwatch.enabled = False
+    return {
+        name: (repeats * len(datasets[name]), seconds[name], dict(builders[name].stopwatch.seconds))
+        for name in builders
+    }
 
 
 def main() -> None:
@@ -128,6 +144,7 @@ def main() -> None:
     )
     parser.add_argument("--demo-train", type=int, default=32, help="train videos of the generated demo")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the 720p record")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), help="decoders for the 720p rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -138,13 +155,20 @@ def main() -> None:
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        workloads = {
-            "demo": (*demo_workload(args.demo_dir, args.demo_train, cache), 1),
-            "720p, 32 of 300 frames": (*hd_workload(cache), args.repeats),
-        }
-        for name, (records, cfg, repeats) in workloads.items():
-            builder = SampleBuilder(processor, cfg)
-            count, seconds, stages = measure(builder, records, repeats)
+        demo_records, demo_cfg = demo_workload(args.demo_dir, args.demo_train, cache)
+        results = measure({"demo": SampleBuilder(processor, demo_cfg)}, {"demo": demo_records}, 1)
+        hd_records, _ = hd_workload(cache)
+        configs = {}
+        for backend in args.backends:
+            if unavailable(backend) is not None:
+                console.print(f"skipping {backend}: {unavailable(backend)}")
+                continue
+            configs[f"720p, 32 of 300 frames, {backend}"] = DataConfig(video={"backend": backend})
+        deadline = DataConfig(video={"backend": "pyav", "timeout_s": 60.0})
+        configs["720p, 32 of 300 frames, pyav, timeout_s=60"] = deadline
+        builders = {name: SampleBuilder(processor, cfg) for name, cfg in configs.items()}
+        results.update(measure(builders, dict.fromkeys(configs, hd_records), args.repeats))
+        for name, (count, seconds, stages) in results.items():
             shares = [100 * stages.get(stage, 0.0) / seconds for stage in STAGES]
             table.add_row(
                 name,

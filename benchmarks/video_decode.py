@@ -52,7 +52,7 @@ def best_time(run: Callable[[], None], repeats: int) -> float:
 
 
 def decode_sampled(path: str, num_samples: int) -> None:
-    source = open_video(path, num_threads=1)
+    source = open_video(path, num_threads=1, backend="decord")
     indices = sample_frame_indices(source.num_frames, [], max_frames=num_samples)
     frames = source.read(indices)
     assert frames.shape[0] == len(indices)

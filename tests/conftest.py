@@ -33,3 +33,17 @@ def train_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def records_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A records cache shared by the session's trainings (each mixture is validated once)."""
     return tmp_path_factory.mktemp("records_cache")
+
+
+@pytest.fixture(scope="session")
+def eval_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo of ``eval_fixtures.make_demo`` (2 bench videos), generated once per session."""
+    from eval_fixtures import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("eval_demo"))
+
+
+@pytest.fixture
+def eval_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh cache dir (records and judge replies) for one evaluation test."""
+    return tmp_path_factory.mktemp("eval_cache")

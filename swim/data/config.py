@@ -7,10 +7,11 @@ them; ``from swim.data.sample import DataConfig`` keeps working.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from swim.data.frames import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, VIDEO_TOTAL_PIXELS
+from swim.data.video import VideoConfig
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: The reference's system prompt (METHOD.md section 9), needed to evaluate the published SWIM-7B.
@@ -51,7 +52,8 @@ class DataConfig:
         max_length: longest sequence in tokens (visual tokens included); longer samples are rejected
             (``too_long``), never truncated.
         default_fps: frame rate assumed for frame folders and videos without one.
-        video_threads: decord decoding threads per video (0: decord's choice).
+        video_threads: decoding threads per video (0: the decoder's choice).
+        video: the decoder backend and the per-sample decode deadline (a mapping is converted).
     """
 
     max_frames: int = 32
@@ -70,8 +72,11 @@ class DataConfig:
     max_length: int = 16384
     default_fps: float = 4.0
     video_threads: int = 0
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.video, VideoConfig):
+            self.video = VideoConfig(**dict(self.video))
         if self.query not in ("predicting", "token"):
             raise ValueError(f"data.query={self.query!r}: expected 'predicting' or 'token'")
         for name, allowed in (

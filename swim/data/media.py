@@ -6,11 +6,18 @@ within the data config's pixel bounds (:func:`~swim.data.frames.fit_resolution`)
 one-frame clip with its own pixel bounds. Training samples (``swim.data.sample``) and evaluation
 prompts (``swim.eval``) load media only through here, so both show the model the same frames.
 Failures raise :class:`~swim.data.schema.SampleError` naming file, record index and field.
+
+With ``data.video.timeout_s`` set, opening, sampling and decoding a video run in a helper process
+with that deadline (``swim.data.deadline``): a decode past it is ``decode_timeout``, a decoder that
+crashes the helper ``decode_crashed``. Frames whose decode reported errors (FFmpeg conceals a
+corrupt stream's damage) are counted in :attr:`VideoClip.error_frames`; with ``data.strict`` the
+clip is refused instead (``corrupt_frames``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,10 +28,13 @@ from PIL import Image
 from transformers.video_utils import VideoMetadata
 
 from swim.data.config import DataConfig
+from swim.data.deadline import DeadlineExceeded, HelperDied, call_with_deadline, rejection_for
 from swim.data.frames import SPATIAL_FACTOR, fit_resolution, sample_frame_indices
 from swim.data.masks import annotated_frames
 from swim.data.schema import Rejection, SampleError
-from swim.data.video import open_video, resize_frames
+from swim.data.video import VideoSource, open_video, resize_frames
+
+log = logging.getLogger(__name__)
 
 Timer = Callable[[str], AbstractContextManager[Any]]
 """Times a stage by name (``swim.data.sample.Stopwatch``): ``with timer("decode_video"): ...``."""
@@ -45,6 +55,8 @@ class VideoClip:
         video_hw: the source's ``(height, width)`` before resizing.
         num_frames: frames in the source (1 for an image).
         fps: the source's frame rate (``data.default_fps`` for frame folders and images).
+        error_frames: frames decoded for this clip whose decode reported an error (0: clean, or
+            a backend that cannot tell).
     """
 
     frames: np.ndarray
@@ -52,6 +64,7 @@ class VideoClip:
     video_hw: tuple[int, int]
     num_frames: int
     fps: float
+    error_frames: int = 0
 
     @property
     def resized_hw(self) -> tuple[int, int]:
@@ -80,7 +93,7 @@ def load_video_clip(
     Args:
         path: the video file or frame folder.
         cfg: ``max_frames``, the pixel bounds ``min_pixels``/``max_pixels``/``total_pixels``,
-            ``default_fps`` and ``video_threads``.
+            ``default_fps``, ``video_threads``, ``video`` (backend, deadline) and ``strict``.
         annotation: the record's instances (frame -> segmentation); their frames are always sampled.
         file, index: the record's annotation file and index, for errors.
         factor: the side multiple of the resized frames (the processor's patch size x merge size).
@@ -90,24 +103,27 @@ def load_video_clip(
         The clip: ``F <= max_frames`` even, ``(H, W)`` from :func:`~swim.data.frames.fit_resolution`.
 
     Raises:
-        SampleError: the video cannot be read (field ``video``), or an annotated frame key is bad or
-            lies outside the video (field ``annotation[j]``).
+        SampleError: the video cannot be read (field ``video``; also ``decode_timeout``,
+            ``decode_crashed``, and ``corrupt_frames`` in strict mode), or an annotated frame key is
+            bad or lies outside the video (field ``annotation[j]``).
     """
     with timer("decode_video"):
-        video = open_video(
-            path,
-            file=file,
-            index=index,
-            field="video",
-            default_fps=cfg.default_fps,
-            num_threads=cfg.video_threads,
-        )
-        annotated: set[int] = set()
-        for j, instance in enumerate(annotation):
-            where = {"file": file, "index": index, "field": f"annotation[{j}]"}
-            annotated.update(annotated_frames(instance, num_frames=video.num_frames, **where))
-        indices = sample_frame_indices(video.num_frames, annotated, cfg.max_frames)
-        frames = video.read(indices)
+        # Only the frame keys choose frames: the segmentations stay here (the helper gets less to unpickle).
+        keys = [dict.fromkeys(instance) for instance in annotation]
+        args = (path, cfg, keys, file, index)
+        if cfg.video.timeout_s is None:
+            video, indices, frames, errors = _decode_sampled(*args)
+        else:
+            try:
+                decoded = call_with_deadline(_decode_sampled, args, cfg.video.timeout_s)
+            except (DeadlineExceeded, HelperDied) as error:
+                raise SampleError(rejection_for(error, file, index, path)) from None
+            video, indices, frames, errors = decoded
+    if errors:
+        detail = f"{path}: {errors} decoded frames reported decode errors (concealed corruption)"
+        if cfg.strict:
+            raise SampleError(Rejection(file, index, "video", "corrupt_frames", detail))
+        log.warning("%s: record %d: %s", file, index, detail)
     height, width = fit_resolution(
         video.height,
         video.width,
@@ -119,7 +135,34 @@ def load_video_clip(
     )
     with timer("resize_frames"):
         frames = resize_frames(frames, height, width)
-    return VideoClip(frames, indices, (video.height, video.width), video.num_frames, video.fps)
+    return VideoClip(frames, indices, (video.height, video.width), video.num_frames, video.fps, errors)
+
+
+def _decode_sampled(
+    path: str, cfg: DataConfig, annotation: list[Mapping[Any, Any]], file: str, index: int
+) -> tuple[VideoSource, list[int], np.ndarray, int]:
+    """Open ``path``, choose its frames and decode them (in this process or the deadline helper).
+
+    Returns:
+        The source, the sampled indices, their ``(F, H, W, 3)`` uint8 frames at the source size and
+        the number of frames whose decode reported errors.
+    """
+    video = open_video(
+        path,
+        file=file,
+        index=index,
+        field="video",
+        default_fps=cfg.default_fps,
+        num_threads=cfg.video_threads,
+        backend=cfg.video.backend,
+    )
+    annotated: set[int] = set()
+    for j, instance in enumerate(annotation):
+        where = {"file": file, "index": index, "field": f"annotation[{j}]"}
+        annotated.update(annotated_frames(instance, num_frames=video.num_frames, **where))
+    indices = sample_frame_indices(video.num_frames, annotated, cfg.max_frames)
+    frames, errors = video.read_counted(indices)
+    return video, indices, frames, errors
 
 
 def load_image(

@@ -55,7 +55,7 @@ class Sample:
         pixel_masks: ``N`` tensors ``(T, H, W)`` float, or ``None`` when not asked for.
         phrases: the tagged phrase of each phrase index.
         counters: events while building it (``tag_dropped/<reason>``, ``tags/kept``,
-            ``mask_dropped/<reason>``).
+            ``mask_dropped/<reason>``, ``video/error_frames``: decoded frames that reported errors).
     """
 
     id: str
@@ -192,6 +192,8 @@ class SampleBuilder:
                 query=cfg.query,  # type: ignore[arg-type]
             )
         counters = Counter(alignment.counters)
+        if clip is not None:
+            counters["video/error_frames"] += clip.error_frames
         with sw("decode_masks"):
             rows, phrases, masks = self._masks(record, clip, alignment.rows, alignment.phrases, counters)
         with sw("processor"):

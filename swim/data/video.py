@@ -1,15 +1,17 @@
 """Opening videos (an mp4 file or a folder of frame images) and reading chosen frames.
 
 :func:`open_video` checks the source and reads its metadata; :meth:`VideoSource.read` decodes only
-the frames asked for. Every failure raises :class:`~swim.data.schema.SampleError` with a stable
-reason code; an unreadable video never turns into black frames.
+the frames asked for, with the backend :class:`VideoConfig` names (``swim.data.decoders``). Every
+failure raises :class:`~swim.data.schema.SampleError` with a stable reason code; an unreadable
+video never turns into black frames.
 
 Reasons: ``missing_video`` (no such path), ``empty_file`` (zero bytes), ``not_a_video`` (an image
 file given as a video), ``corrupt_video`` (the decoder cannot open it, or a frame fails to decode),
 ``empty_frame_folder`` (a folder with no jpg/jpeg/png), ``frame_out_of_range`` (a read past the end).
+``swim.data.media`` adds ``decode_timeout``, ``decode_crashed`` and ``corrupt_frames``.
 
 A :class:`VideoSource` pickles without its decoder: each process (a dataloader worker, say) opens
-its own decord reader on first use.
+its own on first use.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from swim.data.decoders import BACKENDS, DECODERS, Decoder, open_decoder, resolve_backend
 from swim.data.schema import Rejection, SampleError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -56,8 +58,31 @@ def natural_key(name: str) -> list[Any]:
 
 
 @dataclasses.dataclass
+class VideoConfig:
+    """How videos are decoded (``data.video`` in ``conf/data/*.yaml``).
+
+    Attributes:
+        backend: ``auto`` (torchcodec if it works here, else PyAV, else decord), ``pyav``,
+            ``decord`` or ``torchcodec``; frame folders are always read with PIL.
+        timeout_s: deadline of one sample's decode (open, sample, read). With a value, decoding runs
+            in a helper process that is killed past the deadline, so even a decoder spinning in
+            native code with the GIL held cannot stall a worker (``swim.data.deadline``); the sample
+            is then skipped as ``decode_timeout``. ``None``: decode in-process, no deadline.
+    """
+
+    backend: str = "auto"
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend != "auto" and self.backend not in DECODERS:
+            raise ValueError(f"data.video.backend={self.backend!r}: expected auto or one of {BACKENDS}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"data.video.timeout_s={self.timeout_s}: expected a positive number or null")
+
+
+@dataclasses.dataclass
 class VideoSource:
-    """An opened video: an mp4 file read with decord, or a folder of frame images read with PIL.
+    """An opened video: a video file read with a decoder backend, or a folder of frame images (PIL).
 
     Attributes:
         path: the file or folder.
@@ -66,7 +91,8 @@ class VideoSource:
         height, width: frame size in pixels.
         frame_files: the folder's frame files in natural order, or ``None`` for a video file.
         file, index, field: where the video was named, for error messages.
-        num_threads: decord decoding threads (0: decord's choice).
+        num_threads: decoding threads (0: the backend's choice).
+        backend: the decoder backend of a video file (a resolved name, never ``auto``).
     """
 
     path: str
@@ -79,6 +105,7 @@ class VideoSource:
     index: int = -1
     field: str = "video"
     num_threads: int = 0
+    backend: str = "pyav"
     _reader: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _reader_pid: int = dataclasses.field(default=-1, init=False, repr=False, compare=False)
 
@@ -91,18 +118,24 @@ class VideoSource:
     def _fail(self, reason: str, detail: str) -> SampleError:
         return SampleError(Rejection(self.file, self.index, self.field, reason, f"{self.path}: {detail}"))
 
-    def _decord(self) -> decord.VideoReader:
-        """This process's decord reader, opened on first use (a reader is never shared across forks)."""
+    def _decoder(self) -> Decoder:
+        """This process's decoder, opened on first use (a decoder is never shared across forks)."""
         if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = _open_decord(self.path, self.num_threads, self._fail)
+            self._reader = _open_file(self.path, self.backend, self.num_threads, self._fail)
             self._reader_pid = os.getpid()
         return self._reader
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the frames ``indices``: :meth:`read_counted` without the error count."""
+        return self.read_counted(indices)[0]
+
+    def read_counted(self, indices: Sequence[int]) -> tuple[np.ndarray, int]:
         """Decode the frames ``indices`` (any order, repeats allowed) at the original resolution.
 
         Returns:
-            ``(F, H, W, 3)`` uint8 RGB, ``F = len(indices)``, ``H, W = self.height, self.width``.
+            ``(F, H, W, 3)`` uint8 RGB, ``F = len(indices)``, ``H, W = self.height, self.width``, and
+            the number of frames whose decode reported an error (concealed corruption; only the
+            PyAV backend can tell, frame folders never have any).
 
         Raises:
             SampleError: ``frame_out_of_range`` for an index outside ``[0, num_frames)``,
@@ -115,22 +148,23 @@ class VideoSource:
         if outside:
             raise self._fail("frame_out_of_range", f"frames {outside} outside its {self.num_frames} frames")
         if self.frame_files is None:
-            frames = self._read_decord(indices)
+            frames, errors = self._read_file(indices)
         else:
-            frames = self._read_folder(self.frame_files, indices)
+            frames, errors = self._read_folder(self.frame_files, indices), 0
         expected = (len(indices), self.height, self.width, 3)
         if frames.shape != expected or frames.dtype != np.uint8:
             raise self._fail(
                 "corrupt_video", f"decoded {frames.shape} {frames.dtype}, expected {expected} uint8"
             )
-        return frames
+        return frames, errors
 
-    def _read_decord(self, indices: Sequence[int]) -> np.ndarray:
-        reader = self._decord()
+    def _read_file(self, indices: Sequence[int]) -> tuple[np.ndarray, int]:
+        decoder = self._decoder()
         try:
-            return reader.get_batch([int(i) for i in indices]).asnumpy()
+            return decoder.read(indices)
         except Exception as error:
-            raise self._fail("corrupt_video", f"frames {list(indices)} failed to decode: {error}") from error
+            detail = f"frames {list(indices)} failed to decode ({self.backend}): {error}"
+            raise self._fail("corrupt_video", detail) from error
 
     def _read_folder(self, files: tuple[str, ...], indices: Sequence[int]) -> np.ndarray:
         frames = []
@@ -151,11 +185,12 @@ class VideoSource:
         return np.stack(frames)
 
 
-def _open_decord(path: str, num_threads: int, fail: _Fail) -> decord.VideoReader:
+def _open_file(path: str, backend: str, num_threads: int, fail: _Fail) -> Decoder:
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        return open_decoder(backend, path, num_threads)
     except Exception as error:
-        raise fail("corrupt_video", f"the decoder cannot open it: {str(error).strip()[-300:]}") from error
+        detail = f"the decoder ({backend}) cannot open it: {str(error).strip()[-300:]}"
+        raise fail("corrupt_video", detail) from error
 
 
 def _looks_like_image(path: str) -> str | None:
@@ -175,23 +210,26 @@ def open_video(
     field: str = "video",
     default_fps: float = 4.0,
     num_threads: int = 0,
+    backend: str = "auto",
 ) -> VideoSource:
     """Open a video file or a folder of frames and read its metadata (no frame is kept).
 
     Frame folders: files ending in ``.jpg``, ``.jpeg`` or ``.png`` (any case, hidden files skipped)
     in natural order; other files are ignored; the size is the first frame's; ``fps`` is
-    ``default_fps``. Video files: decord reads the frame count, average fps (``default_fps`` when
-    the container has none) and size; frame 0 is decoded to check the stream really decodes.
+    ``default_fps``. Video files: the decoder reads the frame count, average fps (``default_fps``
+    when the container has none) and size; frame 0 is decoded to check the stream really decodes.
 
     Args:
-        path: an mp4 (or any container decord reads) or a folder of frame images.
+        path: an mp4 (or any container FFmpeg reads) or a folder of frame images.
         file, index, field: the record's annotation file, index and field, for errors.
         default_fps: fps of frame folders and of videos without a usable rate.
-        num_threads: decord decoding threads (0: decord's choice).
+        num_threads: decoding threads (0: the backend's choice).
+        backend: the decoder backend (:class:`VideoConfig`), ``auto`` resolved here.
 
     Raises:
         SampleError: reasons ``missing_video``, ``empty_file``, ``not_a_video``, ``corrupt_video``,
             ``empty_frame_folder``.
+        ValueError: an unknown backend, or one that cannot decode here.
     """
 
     def fail(reason: str, detail: str) -> SampleError:
@@ -207,15 +245,16 @@ def open_video(
     if image_kind is not None:
         raise fail("not_a_video", f"this is an image file ({image_kind}), expected a video or a frame folder")
 
-    reader = _open_decord(path, num_threads, fail)
-    num_frames = len(reader)
+    backend = resolve_backend(backend)
+    reader = _open_file(path, backend, num_threads, fail)
+    num_frames = reader.num_frames
     if num_frames < 1:
         raise fail("corrupt_video", "the video has no frames")
     try:
-        first = reader[0].asnumpy()
+        first = reader.read([0])[0][0]
     except Exception as error:
-        raise fail("corrupt_video", f"frame 0 failed to decode: {error}") from error
-    fps = float(reader.get_avg_fps())
+        raise fail("corrupt_video", f"frame 0 failed to decode ({backend}): {error}") from error
+    fps = reader.fps
     if not np.isfinite(fps) or fps <= 0:
         fps = default_fps
     source = VideoSource(
@@ -228,6 +267,7 @@ def open_video(
         index=index,
         field=field,
         num_threads=num_threads,
+        backend=backend,
     )
     source._reader, source._reader_pid = reader, os.getpid()
     return source

@@ -5,7 +5,8 @@ Each description is scored against the reference caption on VideoRefer-Bench-D's
 malformed replies are retried with exponential backoff; replies are cached on disk, keyed by
 (prediction, caption, judge model, prompt version), so that a rerun sends no request for anything
 already judged. The API key is read from the environment variable the config names and is never
-logged or stored.
+logged or stored. ``base_url: stub`` starts the offline judge of ``swim.eval.judge_stub`` for the
+run and points the same client at it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ DIMENSION_TITLES = {
     "hallucination_detection": "Hallucination Detection",
 }
 PROMPT_VERSION = "swim-judge-v1"
+STUB = "stub"
 
 SYSTEM_PROMPT = "You grade descriptions of objects in videos. You answer with JSON only."
 USER_PROMPT = """A model was asked to describe one object in a video. Compare its description with a human \
@@ -86,7 +88,8 @@ class JudgeConfig:
     """How to reach and use the judge (``conf/task/bench_d.yaml``'s ``judge`` block).
 
     Attributes:
-        base_url: the OpenAI-compatible endpoint, e.g. ``https://api.openai.com/v1`` or a local vLLM.
+        base_url: the OpenAI-compatible endpoint, e.g. ``https://api.openai.com/v1`` or a local vLLM;
+            ``stub``: the offline stub judge on 127.0.0.1, started for the run (no key needed).
         model: the judge model name sent with each request.
         api_key_env: NAME of the environment variable holding the API key (the key itself never
             appears in a config or a log).
@@ -99,6 +102,8 @@ class JudgeConfig:
         max_tokens: reply length limit.
         cache_dir: folder of the reply cache; ``None`` disables caching.
         prompt_version: part of the cache key; bump it whenever the prompt text changes.
+        stub_faults: faults the stub judge answers its first requests with (``swim.eval.judge_stub``),
+            to rehearse retries in a dry run; only with ``base_url: stub``.
     """
 
     base_url: str = "https://api.openai.com/v1"
@@ -113,6 +118,11 @@ class JudgeConfig:
     max_tokens: int = 200
     cache_dir: str | None = None
     prompt_version: str = PROMPT_VERSION
+    stub_faults: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stub_faults and self.base_url != STUB:
+            raise ValueError("judge.stub_faults is only for judge.base_url=stub")
 
 
 @dataclass
@@ -213,14 +223,35 @@ _FATAL_STATUS = {401, 403, 404}
 
 
 class Judge:
-    """Scores descriptions with retries, a disk cache and bounded concurrency."""
+    """Scores descriptions with retries, a disk cache and bounded concurrency; ``close`` when done.
+
+    Attributes:
+        url: the endpoint requests go to (the stub's local address for ``base_url: stub``).
+        stub: the running stub judge, or ``None``.
+    """
 
     def __init__(self, cfg: JudgeConfig, client: openai.OpenAI | None = None):
+        from swim.eval.judge_stub import StubServer
+
         self.cfg = cfg
         self.cache = JudgeCache(cfg.cache_dir) if cfg.cache_dir else None
+        self.stub = StubServer(cfg.stub_faults) if cfg.base_url == STUB else None
+        self.url = self.stub.url if self.stub is not None else cfg.base_url
+        api_key = "stub" if self.stub is not None else _api_key(cfg.api_key_env)
         self.client = client or openai.OpenAI(
-            base_url=cfg.base_url, api_key=_api_key(cfg.api_key_env), timeout=cfg.timeout_s, max_retries=0
+            base_url=self.url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0
         )
+
+    def close(self) -> None:
+        """Stop the stub judge, if one runs."""
+        if self.stub is not None:
+            self.stub.close()
+
+    def __enter__(self) -> Judge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _ask(self, prediction: str, caption: str) -> str:
         response = self.client.chat.completions.create(
@@ -253,7 +284,7 @@ class Judge:
             except openai.APIStatusError as error:
                 if error.status_code in _FATAL_STATUS:
                     raise JudgeFatalError(
-                        f"judge endpoint {self.cfg.base_url} answered {error.status_code} for model "
+                        f"judge endpoint {self.url} answered {error.status_code} for model "
                         f"{self.cfg.model!r}: check judge.base_url, judge.model and ${self.cfg.api_key_env}"
                     ) from None
                 failures.append(f"HTTP {error.status_code}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swim.data.schema import SampleError
+from swim.data.schema import RecordError, SampleError
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class JsonlLog:
 
 
 def skip_failed(
-    out: JsonlLog, item_id: str, error: SampleError, failed: dict[str, int], *, strict: bool
+    out: JsonlLog, item_id: str, error: SampleError | RecordError, failed: dict[str, int], *, strict: bool
 ) -> None:
-    """Skip an item whose sample cannot be loaded: re-raise ``error`` if ``strict``; otherwise count it
+    """Skip an item that cannot be evaluated: re-raise ``error`` if ``strict``; otherwise count it
     in ``failed`` by reason, log a warning and write an ``error`` row to ``out`` (a rerun retries it).
     """
     if strict:

@@ -9,8 +9,10 @@ Layout of a run dir::
     heatmaps/*.png                         task=visualize
     prediction.json (+ input.heatmaps)     task=predict
     metrics.json, results.md               flat metrics and the Markdown tables
+    model.json                             the evaluated model (``swim.eval.identity``)
 
-Rerunning with ``hydra.run.dir=<that dir>`` resumes: finished ids are skipped.
+Rerunning with ``hydra.run.dir=<that dir>`` resumes: finished ids are skipped. A dir evaluated with
+another model is refused. Sources default to the data config's (:func:`task_sources`).
 """
 
 from __future__ import annotations
@@ -26,27 +28,39 @@ from omegaconf import DictConfig, OmegaConf
 
 from swim.data.mixture import build_mixture
 from swim.data.sample import DataConfig, SampleBuilder
-from swim.data.schema import Record
+from swim.data.schema import Record, RecordError
 from swim.eval import bench_d, bench_q, grounding_eval
 from swim.eval.bench import GenerationConfig, GenerationStats, generate_records
-from swim.eval.judge import Judge, JudgeConfig
+from swim.eval.identity import claim_run_dir, model_identity
+from swim.eval.judge import STUB, Judge, JudgeConfig
 from swim.eval.loading import LoadedModel, backbone_config, load_model
-from swim.eval.results import JsonlLog, Table, log_to_wandb, write_report
+from swim.eval.results import JsonlLog, Table, log_to_wandb, skip_failed, write_report
 from swim.eval.visualize import draw_samples, phrase_maps_of, predict, select_records
 from swim.model.backbone import BackboneConfig
 from swim.model.probe import AttentionProbe
 
 log = logging.getLogger(__name__)
 TASKS = ("bench_q", "bench_d", "grounding", "visualize", "predict")
+DATA_SPLITS = {
+    "bench_q": ("bench",),
+    "bench_d": ("bench",),
+    "grounding": ("bench", "val"),
+    "visualize": ("val",),
+}
+"""The data config's splits whose sources a task evaluates when ``task.sources`` is null."""
 
 
 @dataclasses.dataclass
 class Report:
-    """A task's outcome: flat metrics, tables, and files worth pointing at."""
+    """A task's outcome: flat metrics, tables, files worth pointing at, and why it failed (if it did).
+
+    ``error`` set: the report is still written, then :func:`run` raises (``evaluate.py`` exits 1).
+    """
 
     metrics: dict[str, Any]
     tables: list[Table]
     files: list[Path]
+    error: str | None = None
 
 
 def data_config(cfg: DictConfig, **overrides: Any) -> DataConfig:
@@ -57,10 +71,48 @@ def data_config(cfg: DictConfig, **overrides: Any) -> DataConfig:
     return DataConfig(**values)
 
 
+def task_sources(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The task's sources: ``task.sources``, or when null the data config's (:data:`DATA_SPLITS`).
+
+    From the data config, ``bench_q`` and ``bench_d`` take the ``data.bench`` sources of their
+    format; ``grounding`` the supervised sources of ``data.bench`` and ``data.val``; ``visualize``
+    the supervised ``data.val`` sources. A split's ``sources`` may be a list or a mapping by name.
+
+    Raises:
+        ValueError: nothing to evaluate (the message says what was looked for).
+    """
+    name = cfg.task.name
+    if cfg.task.get("sources") is not None:
+        return list(OmegaConf.to_container(cfg.task.sources, resolve=True))
+    found = []
+    for split in DATA_SPLITS[name]:
+        node = cfg.data.get(split)
+        sources = OmegaConf.to_container(node.sources, resolve=True) if node is not None else []
+        if isinstance(sources, dict):
+            sources = [{"name": key, **value} for key, value in sources.items()]
+        for source in sources:
+            wanted = (
+                source.get("format") == name
+                if name in ("bench_q", "bench_d")
+                else source.get("supervise", True)
+            )
+            if wanted:
+                found.append(source)
+    if not found:
+        kind = f"format {name}" if name in ("bench_q", "bench_d") else "supervise: true"
+        splits = ", ".join(f"data.{split}.sources" for split in DATA_SPLITS[name])
+        raise ValueError(f"task={name}: no source with {kind} in {splits}; set task.sources")
+    return found
+
+
 def _sources(cfg: DictConfig) -> list[tuple[str, list[Record], dict[str, Any]]]:
-    """Per configured source: its name, its records (first ``limit``) and its load counts."""
+    """Per source: its name, its records (first ``limit``) and its load counts.
+
+    Raises:
+        ValueError: two records of a source share an id (both are named): their rows would collide.
+    """
     out = []
-    for source in OmegaConf.to_container(cfg.task.sources, resolve=True):
+    for source in task_sources(cfg):
         mixture = build_mixture([source], seed=cfg.seed, cache_dir=cfg.paths.cache_dir, strict=cfg.strict)
         size = len(mixture) if cfg.limit is None else min(len(mixture), int(cfg.limit))
         report = mixture.report()[0]
@@ -74,8 +126,23 @@ def _sources(cfg: DictConfig) -> list[tuple[str, list[Record], dict[str, Any]]]:
                 report.examples,
             )
         counts = {f"{report.name}/rejected": rejected}
-        out.append((report.name, [mixture[i] for i in range(size)], counts))
+        records = [mixture[i] for i in range(size)]
+        _check_unique_ids(report.name, records)
+        out.append((report.name, records, counts))
     return out
+
+
+def _check_unique_ids(name: str, records: list[Record]) -> None:
+    first: dict[str, Record] = {}
+    for record in records:
+        key = str(record.id)
+        if key in first:
+            other = first[key]
+            raise ValueError(
+                f"source {name}: id {key!r} is used by {other.file} record {other.index} and by "
+                f"{record.file} record {record.index}; results are keyed by id, so ids must be unique"
+            )
+        first[key] = record
 
 
 def _ensure_demo(cfg: DictConfig) -> None:
@@ -83,9 +150,7 @@ def _ensure_demo(cfg: DictConfig) -> None:
     if not cfg.demo.ensure:
         return
     root = Path(cfg.demo.dir).absolute()
-    paths = [
-        Path(source["path"]).absolute() for source in OmegaConf.to_container(cfg.task.sources, resolve=True)
-    ]
+    paths = [Path(source["path"]).absolute() for source in task_sources(cfg)]
     if any(root in path.parents for path in paths):
         from swim.data.demo import ensure_demo
 
@@ -109,8 +174,18 @@ def _stats(name: str, stats: GenerationStats) -> dict[str, Any]:
         f"{name}/generated_now": stats.generated,
         f"{name}/resumed": stats.resumed,
         f"{name}/skipped_now": sum(stats.failed.values()),
+        **{f"{name}/skipped_now/{reason}": count for reason, count in sorted(stats.failed.items())},
         f"{name}/generation_seconds": round(stats.seconds, 3),
     }
+
+
+def judge_config(cfg: DictConfig) -> JudgeConfig:
+    """``task.judge`` as a :class:`JudgeConfig`; the string ``stub`` is the offline stub judge
+    (``swim.eval.judge_stub``) with the default settings and a cache under ``paths.cache_dir``.
+    """
+    if cfg.task.judge == STUB:
+        return JudgeConfig(base_url=STUB, model="swim-stub-judge", cache_dir=f"{cfg.paths.cache_dir}/judge")
+    return JudgeConfig(**OmegaConf.to_container(cfg.task.judge, resolve=True))
 
 
 def run_bench_q(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
@@ -118,13 +193,20 @@ def run_bench_q(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
     gen, data = _generation(cfg), data_config(cfg)
     report = Report({}, [], [])
     for name, records, counts in _sources(cfg):
-        for record in records:
-            bench_q.options_and_key(record)
         path = run_dir / "bench_q" / f"{name}.jsonl"
         with JsonlLog(path) as out:
+            bad: dict[str, int] = {}
+            answerable = []
+            for record in records:
+                try:
+                    bench_q.options_and_key(record)
+                except RecordError as error:
+                    skip_failed(out, record.id, error, bad, strict=cfg.strict)
+                else:
+                    answerable.append(record)
             stats = generate_records(
                 loaded,
-                records,
+                answerable,
                 lambda r: bench_q.question_prompt(r, cfg.task.prompt, gen.region_text),
                 bench_q.answer_row,
                 out,
@@ -134,6 +216,8 @@ def run_bench_q(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
             )
             rows = [out.rows[str(r.id)] for r in records]
         metrics, table = bench_q.score(rows, name)
+        for reason, count in bad.items():
+            stats.failed[reason] = stats.failed.get(reason, 0) + count
         report.metrics.update({**metrics, **counts, **_stats(name, stats)})
         report.tables.append(table)
         report.files.append(path)
@@ -141,9 +225,28 @@ def run_bench_q(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
 
 
 def run_bench_d(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
-    """Descriptions per source, judged; one table of the four dimensions and their average each."""
+    """Descriptions per source, judged; one table of the four dimensions and their average each.
+
+    A run in which every judgement failed (no network, a wrong URL) is an error naming the URL.
+    """
     gen, data = _generation(cfg), data_config(cfg)
-    judge = Judge(JudgeConfig(**OmegaConf.to_container(cfg.task.judge, resolve=True)))
+    with Judge(judge_config(cfg)) as judge:
+        report = _bench_d_sources(cfg, loaded, run_dir, judge, gen, data)
+    judged = sum(v for k, v in report.metrics.items() if k.endswith("/judged"))
+    failed = sum(v for k, v in report.metrics.items() if k.endswith("/judge_failed"))
+    if failed and not judged:
+        report.error = (
+            f"every judgement failed ({failed} descriptions): the judge at {judge.url} "
+            f"(model {judge.cfg.model!r}) gave no usable reply; see the failures in "
+            f"{run_dir / 'bench_d'}/*.judgements.jsonl, then rerun in the same dir to retry them"
+        )
+    return report
+
+
+def _bench_d_sources(
+    cfg: DictConfig, loaded: LoadedModel, run_dir: Path, judge: Judge, gen: GenerationConfig, data: DataConfig
+) -> Report:
+    """Generate and judge each source's descriptions (:func:`run_bench_d` without the failure check)."""
     report = Report({}, [], [])
     for name, records, counts in _sources(cfg):
         predictions_path = run_dir / "bench_d" / f"{name}.predictions.jsonl"
@@ -280,12 +383,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> Report:
     torch.manual_seed(cfg.seed)
     if name != "predict":
         _ensure_demo(cfg)
+    identity = model_identity(cfg.ckpt, _backbone(cfg), cfg.seed)
+    claim_run_dir(run_dir, identity)
     loaded = load_model(cfg.ckpt, _backbone(cfg), device=cfg.device)
     log.info("task %s on %s", name, loaded.source)
     report = RUNNERS[name](cfg, loaded, run_dir)
-    report.metrics = {"task": name, "model": loaded.source, **report.metrics}
+    model = {"model": loaded.source, "model_sha256": identity.get("sha256")}
+    report.metrics = {"task": name, **model, **report.metrics}
     metrics_path, tables_path = write_report(run_dir, report.metrics, report.tables)
     report.files += [metrics_path, tables_path]
     if cfg.wandb.enabled:
         log_to_wandb(report.tables, report.metrics, OmegaConf.to_container(cfg.wandb, resolve=True))
+    if report.error is not None:
+        raise RuntimeError(report.error)
     return report
