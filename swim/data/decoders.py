@@ -54,8 +54,8 @@ class PyAVDecoder:
     Opening demuxes the whole file once (no pixels are decoded) to count its frames and learn their
     timestamps and key frames; a frame's index is its rank in presentation order. A file whose
     packets have no timestamps is decoded sequentially from the start instead. FFmpeg's error
-    messages during a read are captured (never printed) and counted per decoded frame; with frame
-    threads a message can surface a frame or two late, so the count is exact only in being nonzero.
+    messages during a read are captured (never printed) and counted per decoded frame. Decoding
+    runs on one thread (see :meth:`read`), whatever ``threads`` says.
     """
 
     def __init__(self, path: str, threads: int = 0):
@@ -97,8 +97,11 @@ class PyAVDecoder:
         av.logging.set_level(av.logging.ERROR)
         with av.logging.Capture(local=False) as logs, av.open(self.path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.threads
+            # One decoding thread: FFmpeg's worker threads report errors through PyAV's log
+            # callback, which needs the GIL, while freeing a threaded codec context waits for them
+            # with the GIL held (a deadlock seen in the test suite). Dataloader workers give the
+            # parallelism instead; ``threads`` applies to decord and torchcodec.
+            stream.codec_context.thread_count = 1
             next_wanted, last_start = 0, -1
             while next_wanted < len(wanted):
                 start = self._key_before(wanted[next_wanted]) if self._pts else 0
