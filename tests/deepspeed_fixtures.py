@@ -162,9 +162,9 @@ class TextOnlyOnRank(L.Callback):
                 setattr(batch, item.name, getattr(text, item.name))
 
 
-def train_sources(demo: Path, tmp: Path, videos: int, extra: list[str]) -> str:
-    """A ``data.train.sources=[...]`` override: the first ``videos`` supervised demo videos, then
-    ``extra`` (``image``: one demo still each) in an unsupervised source."""
+def train_sources(demo: Path, tmp: Path, videos: int, extra: list[str]) -> list[str]:
+    """Overrides replacing ``data.train.sources`` by the first ``videos`` supervised demo videos,
+    then ``extra`` (``image``: one demo still each) in an unsupervised source."""
     sources = [
         {
             "name": "videos",
@@ -198,7 +198,7 @@ def train_sources(demo: Path, tmp: Path, videos: int, extra: list[str]) -> str:
                 "supervise": False,
             }
         )
-    return "data.train.sources=" + _hydra_list(sources)
+    return ["~data.train.sources", "+data.train.sources=" + _hydra_list(sources)]
 
 
 def _hydra_list(sources: list[dict[str, Any]]) -> str:

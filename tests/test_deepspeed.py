@@ -59,10 +59,10 @@ def ds_run(
     return read_ranks(out), result
 
 
-def one_step(sources: str) -> list[str]:
-    """One step of batch size 1 per rank on ``sources``, no validation."""
+def one_step(sources: list[str]) -> list[str]:
+    """One step of batch size 1 per rank on ``sources`` (overrides), no validation."""
     return [
-        sources,
+        *sources,
         "data.batch_size=1",
         "trainer.max_steps=1",
         "trainer.limit_val_batches=0",
@@ -287,7 +287,7 @@ def test_zero3_nonfinite_loss_on_one_rank_skips_on_both(
         records_cache,
         run_dir,
         "deepspeed_zero3",
-        train_sources(train_demo, tmp_path, videos=6, extra=[]),
+        *train_sources(train_demo, tmp_path, videos=6, extra=[]),
         "data.batch_size=1",
         "trainer.max_steps=3",
         "trainer.limit_val_batches=0",
