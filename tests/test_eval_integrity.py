@@ -49,7 +49,7 @@ def test_sources_default_to_the_data_config(eval_demo, eval_cache):
         "grounding": ["bench_q_nlrefer", "bench_d_nlrefer", "val_nl_refer_d"],
         "visualize": ["val_nl_refer_d"],
     }
-    cfg = compose_eval(eval_demo, eval_cache, "task=bench_q", "data.bench.sources=[]")
+    cfg = compose_eval(eval_demo, eval_cache, "task=bench_q", "~data.bench.sources", "+data.bench.sources={}")
     with pytest.raises(
         ValueError, match=r"task=bench_q: no source with format bench_q in data.bench.sources"
     ):
