@@ -25,7 +25,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from swim.data.batch import Supervision
-from swim.losses.mask_loss import minmax_normalise
+from swim.losses.mask_loss import minmax_unit
 from swim.losses.pairs import pair_groups
 from swim.losses.resize import bilinear_resize
 
@@ -123,7 +123,7 @@ def grounding_scores(
     empty = ~inside.flatten(1).any(dim=1)
     scores: dict[str, Tensor] = {}
 
-    normalised = bilinear_resize(minmax_normalise(pred), size)
+    normalised = bilinear_resize(minmax_unit(pred), size)
     binary = normalised >= threshold
     overlap = (binary & inside).flatten(1).sum(dim=1).float()
     union = (binary | inside).flatten(1).sum(dim=1).float()

@@ -62,6 +62,23 @@ class AttentionLossOutput:
     fused_mass_in_mask: Tensor | None = None
 
 
+def minmax_unit(maps: Tensor, constant: float = 0.0) -> Tensor:
+    """``(x - min) / (max - min)`` of each map, in [0, 1], with no absolute epsilon.
+
+    Args:
+        maps: ``(P, h, w)``.
+        constant: the value of a map without range (which then passes no gradient).
+
+    Returns:
+        ``(P, h, w)`` in the maps' dtype.
+    """
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    flat = span <= 0
+    unit = (maps - low) / torch.where(flat, torch.ones_like(span), span)
+    return torch.where(flat, torch.full_like(unit, constant), unit)
+
+
 def minmax_normalise(maps: Tensor, squeeze: float = 1e-3, mode: str = "exact") -> Tensor:
     """Normalise each map into (0, 1) by its own range (see the module docstring).
 
@@ -73,18 +90,15 @@ def minmax_normalise(maps: Tensor, squeeze: float = 1e-3, mode: str = "exact") -
     Returns:
         ``(P, h, w)`` in the maps' dtype.
     """
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
     if mode == "reference":
+        low = maps.amin(dim=(-2, -1), keepdim=True)
+        span = maps.amax(dim=(-2, -1), keepdim=True) - low
         return (maps - low) / (span + REFERENCE_MINMAX_EPS)
     if mode != "exact":
         raise ValueError(f"loss.minmax={mode!r}: expected 'exact' or 'reference'")
     if not 0.0 < squeeze < 0.5:
         raise ValueError(f"loss.squeeze={squeeze}: expected 0 < squeeze < 0.5")
-    constant = span <= 0
-    unit = (maps - low) / torch.where(constant, torch.ones_like(span), span)
-    unit = torch.where(constant, torch.full_like(unit, CONSTANT_CELL), unit)
-    return squeeze + (1.0 - 2.0 * squeeze) * unit
+    return squeeze + (1.0 - 2.0 * squeeze) * minmax_unit(maps, CONSTANT_CELL)
 
 
 def pair_losses(pred: Tensor, target: Tensor, kind: str) -> Tensor:
