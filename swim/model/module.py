@@ -174,8 +174,11 @@ class SwimModule(LightningModule):
             model, processor = quantized_backbone(self.backbone_cfg), load_processor(self.backbone_cfg)
         else:
             model, processor = build_backbone(self.backbone_cfg)
-        apply_freeze(model, self.freeze)
-        if self.peft_cfg is not None:
+        if self.peft_cfg is None:
+            apply_freeze(model, self.freeze)
+        else:
+            # peft freezes every parameter but the adapters and modules_to_save (a 4-bit base's
+            # integer weights could not require gradients anyway).
             self.adapters = add_adapters(model, self.peft_cfg)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
