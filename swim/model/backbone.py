@@ -111,7 +111,7 @@ def build_processor(tokenizer_path: str | Path | None = None) -> Qwen2_5_VLProce
     )
 
 
-def _checkpoint_folder(cfg: BackboneConfig) -> str:
+def checkpoint_folder(cfg: BackboneConfig) -> str:
     """The local checkpoint folder of a ``pretrained`` backbone, or a clear error."""
     if not cfg.path or not Path(cfg.path).is_dir():
         raise FileNotFoundError(
@@ -130,7 +130,7 @@ def load_processor(cfg: BackboneConfig) -> Qwen2_5_VLProcessor:
     if cfg.kind == "tiny":
         return build_processor(cfg.tokenizer_path)
     if cfg.kind == "pretrained":
-        processor = Qwen2_5_VLProcessor.from_pretrained(_checkpoint_folder(cfg), local_files_only=True)
+        processor = Qwen2_5_VLProcessor.from_pretrained(checkpoint_folder(cfg), local_files_only=True)
         processor.image_processor.do_resize = False
         processor.video_processor.do_resize = False
         return processor
@@ -151,7 +151,7 @@ def build_backbone(cfg: BackboneConfig) -> tuple[Qwen2_5_VLForConditionalGenerat
             model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
         return model, processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        _checkpoint_folder(cfg),
+        checkpoint_folder(cfg),
         dtype=dtype,
         attn_implementation=cfg.attn_implementation,
         local_files_only=True,

@@ -17,6 +17,10 @@ and a warning says so. Decoding a video file is the user's: transformers' own lo
 torchcodec, which this environment lacks; ``transformers.video_utils.load_video(path,
 backend="pyav")`` works here (README, "Evaluation").
 
+A LoRA module's adapters are merged into the weights first (``peft``'s ``merge_and_unload``, on a
+copy for a module in memory, in place for one loaded from a checkpoint): the folder is a stock
+checkpoint that transformers loads without ``peft``.
+
 Sources:
 
 - a :class:`~swim.model.module.SwimModule` in memory;
@@ -51,6 +55,7 @@ import yaml
 from rich.console import Console
 from transformers import Qwen2_5_VLProcessor
 
+from swim.model.lora import merged_backbone, settings_dict
 from swim.model.module import SwimModule
 
 log = logging.getLogger(__name__)
@@ -180,12 +185,16 @@ def export_hf(
                 "the checkpoint: the export's processor keeps Qwen's defaults, not the run's"
             )
         folder = staging / "export"
-        module.model.save_pretrained(folder)
+        backbone = module.model
+        if module.adapters is not None:
+            backbone = merged_backbone(module.adapters, in_place=not isinstance(source, SwimModule))
+        backbone.save_pretrained(folder)
         stock_processor(module.processor, video).save_pretrained(folder)
         provenance = {
             "source": str(source) if not isinstance(source, SwimModule) else "SwimModule",
             "backbone": module.backbone_cfg.kind,
             "freeze": module.freeze,
+            "peft": settings_dict(module.peft_cfg),
             "loss_layers": list(module.loss_cfg.layers),
             "video": dict(video) if video is not None else None,
         }

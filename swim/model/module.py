@@ -49,7 +49,15 @@ from torchmetrics import MeanMetric
 from swim.data.batch import SwimBatch
 from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import attention_mask_loss, composite_loss
-from swim.model.backbone import BackboneConfig, build_backbone
+from swim.model.backbone import BackboneConfig, build_backbone, load_processor
+from swim.model.lora import (
+    Adapters,
+    add_adapters,
+    check_peft_compatible,
+    peft_settings,
+    quantized_backbone,
+    settings_dict,
+)
 from swim.model.maps import SampleHeatmaps, sample_frames, sample_heatmaps
 from swim.model.optim import (
     FREEZE_MODES,
@@ -79,6 +87,9 @@ class SwimModule(LightningModule):
         optimizer: :class:`~swim.model.optim.OptimizerConfig` fields.
         scheduler: :class:`~swim.model.optim.SchedulerConfig` fields.
         freeze: ``tower_and_merger`` (the reference), ``tower`` or ``none``.
+        peft: ``None`` (full fine-tuning), a preset name (``lora``, ``qlora``) or a mapping of
+            :class:`~swim.model.lora.PeftSettings` fields; with adapters only they (and
+            ``modules_to_save``) train, so ``freeze`` must stay ``tower_and_merger``.
         gradient_checkpointing: non-reentrant activation checkpointing of the decoder layers.
         heatmap_samples: how many validation samples :attr:`last_val_maps` keeps.
         max_nonfinite_in_a_row: training stops with an error after more consecutive skips.
@@ -112,10 +123,15 @@ class SwimModule(LightningModule):
         gradient_checkpointing: bool = False,
         heatmap_samples: int = 4,
         max_nonfinite_in_a_row: int = 20,
+        peft: Any = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone_cfg = to_dataclass(BackboneConfig, backbone, "model.backbone")
+        self.peft_cfg = peft_settings(peft)
+        self.hparams["peft"] = settings_dict(self.peft_cfg)
+        if self.peft_cfg is not None:
+            check_peft_compatible(self.peft_cfg, self.backbone_cfg, freeze)
         self.loss_cfg = loss_config(loss, supervised_layers)
         self.optimizer_cfg = to_dataclass(OptimizerConfig, optimizer, "model.optimizer")
         self.scheduler_cfg = to_dataclass(SchedulerConfig, scheduler, "model.scheduler")
@@ -127,6 +143,7 @@ class SwimModule(LightningModule):
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
 
         self.model: nn.Module | None = None
+        self.adapters: Adapters | None = None
         self.processor: Any = None
         self.probe: AttentionProbe | None = None
         self._hf_ds_config: object | None = None
@@ -153,8 +170,16 @@ class SwimModule(LightningModule):
         if self.model is not None:
             return
         self._hf_ds_config = self._hf_deepspeed_config()
-        model, processor = build_backbone(self.backbone_cfg)
-        apply_freeze(model, self.freeze)
+        if self.peft_cfg is not None and self.peft_cfg.method == "qlora":
+            model, processor = quantized_backbone(self.backbone_cfg), load_processor(self.backbone_cfg)
+        else:
+            model, processor = build_backbone(self.backbone_cfg)
+        if self.peft_cfg is None:
+            apply_freeze(model, self.freeze)
+        else:
+            # peft freezes every parameter but the adapters and modules_to_save (a 4-bit base's
+            # integer weights could not require gradients anyway).
+            self.adapters = add_adapters(model, self.peft_cfg)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
