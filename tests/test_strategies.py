@@ -68,12 +68,16 @@ def test_deepspeed_options_compose_to_the_recipe_and_need_the_package(name: str,
 
 
 @pytest.mark.slow
-def test_ddp_trains_two_gloo_processes_on_cpu(train_demo: Path, records_cache: Path, tmp_path: Path):
+@pytest.mark.parametrize("extra", [[], ["model.peft=lora"]], ids=["full", "lora"])
+def test_ddp_trains_two_gloo_processes_on_cpu(
+    train_demo: Path, records_cache: Path, tmp_path: Path, extra: list[str]
+):
     run_dir = tmp_path / "ddp"
     run_train_py(
         [
             *FAST,
             *demo_overrides(train_demo, records_cache),
+            *extra,
             "strategy=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
