@@ -20,7 +20,7 @@ from train_fixtures import FAST, demo_overrides, read_metrics, run_train_py
 from swim.data.batch import SwimBatch
 from swim.data.budget import TokenBudgetSampler, length_buckets, padded_batches
 from swim.data.datamodule import EpochShuffleSampler, ResumableDataLoader, SwimDataModule
-from swim.data.lengths import record_lengths
+from swim.data.lengths import lengths_key, mixture_lengths, record_lengths
 
 BUDGET = 1024
 
@@ -48,6 +48,26 @@ def test_lengths_from_records_equal_the_built_samples(
     kinds = {("video" if r.video else "image" if r.image else "text") for r in mixture}
     assert {"video", "image"} <= kinds
     assert lengths.tolist() == [len(dataset[i]) for i in range(len(dataset))]
+
+
+def test_lengths_are_cached_next_to_each_sources_records(
+    small_demo: Path, processor: Any, tmp_path: Path
+) -> None:
+    dm = SwimDataModule(demo_data_config(small_demo, tmp_path, num_workers=0), processor)
+    dm.setup("fit")
+    mixture = dm.mixtures["train"]
+    lengths = mixture_lengths(mixture, dm.builder)
+    assert lengths.tolist() == record_lengths(mixture, dm.builder).tolist()
+    (folder, rows), *_ = mixture.cache_rows()
+    path = folder / f"lengths-{lengths_key(dm.builder)}.npy"
+    table = np.load(path)
+    assert table[np.asarray(rows)].tolist() == lengths[: len(rows)].tolist()
+    np.save(path, np.full_like(table, 7))
+    assert (mixture_lengths(mixture, dm.builder)[: len(rows)] == 7).all(), "read from the cache"
+    other = SwimDataModule(demo_data_config(small_demo, tmp_path, num_workers=0, max_frames=4), processor)
+    other.setup("fit")
+    assert lengths_key(other.builder) != lengths_key(dm.builder)
+    assert (mixture_lengths(other.mixtures["train"], other.builder) != 7).all()
 
 
 def test_batches_stay_within_the_budget_and_pad_less_than_fixed_batches() -> None:

@@ -13,9 +13,9 @@ With ``data.max_tokens_per_batch`` set, the training loader yields token-budget 
 ``DistributedSampler``, is the loader's ``sampler`` with ``batch_size=None`` and yields whole
 batches of indices, so Lightning neither wraps it nor needs to inject a sampler into a batch
 sampler. Each training sample's length is computed from its record at setup
-(``swim.data.lengths``, exact); a sample longer than the budget alone is an error naming the record
-with ``data.strict``, else left out of the sampler and counted in the split's report as
-``over_token_budget``.
+(``swim.data.lengths``: exact, cached next to the records cache); a sample longer than the budget
+alone is an error naming the record with ``data.strict``, else left out of the sampler and
+counted in the split's report as ``over_token_budget``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from swim.data.budget import BatchView, TokenBudgetSampler
 from swim.data.collate import collate
 from swim.data.dataset import SwimDataset
-from swim.data.lengths import record_lengths
+from swim.data.lengths import mixture_lengths
 from swim.data.mixture import Mixture, build_mixture, source_configs
 from swim.data.sample import DataConfig, SampleBuilder
 
@@ -237,7 +237,7 @@ class SwimDataModule(pl.LightningDataModule):
             ValueError: with ``data.strict``, a sample longer than the budget, naming its record.
         """
         if self.train_lengths is None:
-            self.train_lengths = record_lengths(
+            self.train_lengths = mixture_lengths(
                 self.mixtures["train"], self.builder, strict=self.data_cfg.strict
             )
         budget = self.loader_cfg.max_tokens_per_batch

@@ -13,25 +13,40 @@ frames the decoder finds (``stream.frames`` is read from the header); only a vid
 
 A record whose media cannot be read gets its text-only length: loading it fails anyway and is
 counted as a skip then (``swim.data.dataset``), so it only takes a slot in a short batch.
+
+:func:`mixture_lengths` keeps the lengths next to each source's validated-records cache
+(``<cache>/lengths-<key>.npy``, one int64 per kept record, -1 where not computed yet), ``key``
+hashing what a length depends on: the sample knobs (frames, pixel bounds, system prompt, label
+span), the tokenizer and chat template, and the processor's patch sizes. A later run, every DDP
+rank and every ``random:`` draw of the same file reuse it. Like the records cache, it does not see
+media files changed in place (delete the file).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from swim.data.chat import render_chat, tokenize_chat
 from swim.data.frames import FRAME_FACTOR, fit_resolution
+from swim.data.mixture import Mixture
 from swim.data.sample import SampleBuilder
 from swim.data.schema import Record, Rejection, SampleError
 from swim.data.video import open_video
 
 log = logging.getLogger(__name__)
+
+# Bump whenever the length computation changes: every lengths cache is recomputed.
+LENGTHS_VERSION = 1
 
 
 def record_length(record: Record, builder: SampleBuilder) -> int:
@@ -78,23 +93,80 @@ def record_length(record: Record, builder: SampleBuilder) -> int:
     return len(ids) - 1 + steps * (h // builder.factor) * (w // builder.factor)
 
 
-def record_lengths(records: Sequence[Record], builder: SampleBuilder, *, strict: bool = False) -> np.ndarray:
+def record_lengths(records: Iterable[Record], builder: SampleBuilder, *, strict: bool = False) -> np.ndarray:
     """``(N,)`` int64: :func:`record_length` of every record (text-only length where media fail).
 
     Raises:
         SampleError: with ``strict``, the first record whose media cannot be read.
     """
-    out = np.empty(len(records), dtype=np.int64)
-    for i in range(len(records)):
-        record = records[i]
+    out = []
+    for record in records:
         try:
-            out[i] = record_length(record, builder)
+            out.append(record_length(record, builder))
         except SampleError as error:
             if strict:
                 raise
-            log.debug("length of record %d from its text only: %s", i, error)
-            out[i] = record_length(_text_only(record), builder)
-    return out
+            log.debug("length of %s record %d from its text only: %s", record.file, record.index, error)
+            out.append(record_length(_text_only(record), builder))
+    return np.asarray(out, dtype=np.int64)
+
+
+def mixture_lengths(mixture: Mixture, builder: SampleBuilder, *, strict: bool = False) -> np.ndarray:
+    """``(len(mixture),)`` int64 lengths of the mixture's records, read from / added to the caches.
+
+    Raises:
+        SampleError: with ``strict``, the first record whose media cannot be read.
+    """
+    key = lengths_key(builder)
+    parts, start = [], 0
+    for folder, rows in mixture.cache_rows():
+        rows = np.asarray(rows, dtype=np.int64)
+        path = folder / f"lengths-{key}.npy"
+        if path.is_file():
+            table = np.load(path)
+        else:
+            kept = int(json.loads((folder / "meta.json").read_text())["kept"])
+            table = np.full(kept, -1, dtype=np.int64)
+        missing = np.flatnonzero(table[rows] < 0)
+        if len(missing):
+            records = (mixture[start + int(i)] for i in missing)
+            table[rows[missing]] = record_lengths(records, builder, strict=strict)
+            _save(path, table)
+            log.info("lengths of %d records computed (%s)", len(missing), path)
+        parts.append(table[rows])
+        start += len(rows)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def lengths_key(builder: SampleBuilder) -> str:
+    """Hash of everything a sample's length depends on besides its record."""
+    cfg, tokenizer = builder.cfg, builder.tokenizer
+    parts = [
+        LENGTHS_VERSION,
+        cfg.max_frames,
+        cfg.min_pixels,
+        cfg.max_pixels,
+        cfg.total_pixels,
+        cfg.image_min_pixels,
+        cfg.image_max_pixels,
+        cfg.system_prompt,
+        cfg.label_span,
+        builder.factor,
+        builder.temporal_patch,
+        type(tokenizer).__name__,
+        len(tokenizer),
+        str(getattr(builder.processor, "chat_template", None)),
+        str(getattr(tokenizer, "name_or_path", "")),
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _save(path: Path, table: np.ndarray) -> None:
+    """Write ``table`` to ``path`` atomically (concurrent DDP ranks write the same values)."""
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    with os.fdopen(handle, "wb") as out:
+        np.save(out, table)
+    os.replace(tmp, path)
 
 
 def _video_header(record: Record) -> tuple[int, int, int]:
