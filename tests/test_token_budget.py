@@ -158,6 +158,9 @@ def test_the_datamodule_yields_budget_batches_and_resumes_mid_epoch(
         batches.append(batch)
     assert sorted(i for b in batches for i in b.sample_ids) == sorted(r.id for r in dm.mixtures["train"])
     assert any(b.batch_size > 2 for b in batches), "short samples share a batch"
+    workers = SwimDataModule({**cfg, "num_workers": 2}, processor)
+    workers.setup("fit")
+    assert [b.sample_ids for b in workers.train_dataloader()] == [b.sample_ids for b in batches]
     full = _ids(dm.train_dataloader(), epoch=1)
     interrupted = dm.train_dataloader()
     head = _ids(interrupted, epoch=1, limit=2)
