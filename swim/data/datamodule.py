@@ -194,9 +194,14 @@ class SwimDataModule(pl.LightningDataModule):
         self.budget_counted = False
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the mixtures the stage needs (all configured splits for ``stage=None``), once each."""
+        """Build the mixtures the stage needs (all configured splits for ``stage=None``), once each.
+
+        With a token budget, also the training samples' lengths (and the check of the budget).
+        """
         for split in STAGE_SPLITS.get(stage or "", SPLITS):
             self._ensure(split)
+        if "train" in self.datasets and self.loader_cfg.max_tokens_per_batch is not None:
+            self._budget_indices()
 
     def _ensure(self, split: str) -> SwimDataset | None:
         if split in self.datasets:
@@ -261,11 +266,12 @@ class SwimDataModule(pl.LightningDataModule):
         mixture = self.mixtures["train"]
         by_name = {r["name"]: r for r in self.report["train"]}
         for i in over.tolist():
-            record, entry = mixture[i], by_name[mixture.source_of(i)]
+            entry = by_name[mixture.source_of(i)]
             entry["kept"] -= 1
             entry["rejected"]["over_token_budget"] = entry["rejected"].get("over_token_budget", 0) + 1
             examples = entry["examples"].setdefault("over_token_budget", [])
             if len(examples) < 3:
+                record = mixture[i]
                 examples.append(
                     f"{record.file}: record {record.index}: {int(lengths[i])} tokens exceed "
                     f"data.max_tokens_per_batch={budget}"
