@@ -1,9 +1,10 @@
 """The synthetic demo dataset: coloured shapes moving over a grey texture, with exact masks.
 
 ``python train.py`` with no arguments trains on it (through :func:`ensure_demo`), and it is the
-ground truth for the attention-grounding metrics: every target is named by colour AND shape among
-distractors that share one of the two (a ``red circle`` among a ``red square`` and a ``blue
-circle``), so the referring phrase needs the pixels. CLI: ``python -m swim.data.demo --out DIR``.
+ground truth for the attention-grounding metrics: every target is named by colour and shape among
+distractors of other colours, one of them of the target's shape (a ``red circle`` among a ``blue
+circle`` and a ``green square``), so the colour word, read against the pixels, picks it out
+(:mod:`swim.data.demo.sample` says why not the shape word). CLI: ``python -m swim.data.demo --out DIR``.
 
 Scenes: 8-16 frames at 4 fps (still images: 1 frame), 112-224 px frames (even sizes, mostly
 multiples of 28), 3-4 shapes (red/green/blue/yellow circle/square/triangle, 28-56 px) moving in

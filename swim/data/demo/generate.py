@@ -24,7 +24,7 @@ from swim.data.demo.sample import RenderedScene, sample_scene
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MANIFEST = "manifest.json"
 MARKER = ".swim-demo"
 LOCK = ".swim-demo.lock"
