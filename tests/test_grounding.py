@@ -7,7 +7,7 @@ import torch
 from sklearn import metrics
 
 from swim.data.batch import Supervision
-from swim.eval.grounding import (
+from swim.metrics.grounding import (
     GroundingMetrics,
     grounding_scores,
     metric_names,

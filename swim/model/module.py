@@ -47,8 +47,8 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from swim.data.batch import SwimBatch
-from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import attention_mask_loss, composite_loss
+from swim.metrics.grounding import GroundingMetrics, update_from_maps
 from swim.model.backbone import BackboneConfig, build_backbone, load_processor
 from swim.model.lora import (
     Adapters,

@@ -28,8 +28,8 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from swim.data.datamodule import SwimDataModule
-from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.eval.heads import best_heads, head_mass_in_mask, heads_grounding
+from swim.metrics.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.model.backbone import BackboneConfig, load_processor
 from swim.model.module import SwimModule
 from swim.model.structured import to_dataclass
@@ -167,7 +167,7 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
     """``chance`` and ``oracle`` grounding metrics on the ablation's validation split.
 
     Composes ``conf/train.yaml`` as the SWIM run does (``experiment=demo_swim`` plus ``overrides``)
-    and scores :func:`~swim.eval.grounding.reference_maps` on its validation batches exactly as the
+    and scores :func:`~swim.metrics.grounding.reference_maps` on its validation batches exactly as the
     module scores its fused maps.
     """
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
