@@ -72,7 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Plain dicts, not DictConfigs, reach the module: its saved hyperparameters must load with
     # torch.load(weights_only=True) when a run resumes.
     module = hydra.utils.instantiate(cfg.model, loss=cfg.loss, _recursive_=False, _convert_="all")
-    datamodule = SwimDataModule(cfg.data, processor=load_processor(module.backbone_cfg))
+    backbone = module.backbone_cfg
+    datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
 
     run_info = RunInfoLogger(loggable_config(cfg))
     last_validation = LastValidationStep()

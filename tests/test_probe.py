@@ -49,7 +49,7 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
     """Rows on the last real tokens of each sample (answer words, end of turn), one instance each."""
     ids, attention = inputs["input_ids"], inputs["attention_mask"]
     batch = ids.shape[0]
-    visual_start = torch.tensor([int((ids[b] == VIDEO_PAD).nonzero()[0]) for b in range(batch)])
+    visual_keys = [(ids[b] == VIDEO_PAD).nonzero().flatten() for b in range(batch)]
     grid = inputs["video_grid_thw"].clone()
     grid[:, 1:] //= 2
     last = torch.tensor([int(attention[b].nonzero()[-1]) for b in range(batch)])
@@ -68,7 +68,7 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
         row_token=row_token,
         row_instance=row_sample.clone(),
         row_phrase=row_sample.clone(),
-        visual_start=visual_start,
+        visual_keys=visual_keys,
         grid=grid,
         instance_sample=torch.arange(batch),
         cell_masks=cell_masks if with_masks else [],
@@ -303,14 +303,13 @@ def test_probe_request_layout_and_errors(backbone):
     assert request.key_index.shape == (5, max(sizes))
     for row in range(5):
         sample = int(supervision.row_sample[row])
-        start = int(supervision.visual_start[sample])
         count = int(request.key_valid[row].sum())
         assert count == sizes[sample]
-        assert request.key_index[row, :count].tolist() == list(range(start, start + count))
+        assert request.key_index[row, :count].tolist() == supervision.visual_keys[sample].tolist()
         assert bool((request.key_index[row, count:] == 0).all())
         assert bool((inputs["input_ids"][sample, request.key_index[row, :count]] == VIDEO_PAD).all())
     no_video = _supervision(inputs)
-    no_video.visual_start[1] = -1
+    no_video.visual_keys[1] = torch.zeros(0, dtype=torch.long)
     with pytest.raises(ValueError, match=r"rows \[3, 4\] belong to samples without a video"):
         probe_request(no_video)
     with pytest.raises(ValueError, match=r"loss\.query"):

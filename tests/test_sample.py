@@ -42,14 +42,16 @@ def test_supervised_video_sample(builder: SampleBuilder, square_video: tuple[str
     assert (T, h, w) == (4, 2, 3)
     assert sample.video_grid_thw.tolist() == [[T, 2 * h, 2 * w]]
     assert sample.pixel_values_videos.shape == (T * 2 * h * 2 * w, 3 * 2 * 14 * 14)
-    span = sample.input_ids[sample.visual_start : sample.visual_start + T * h * w]
+    start = int(sample.visual_keys[0])
+    assert sample.visual_keys.tolist() == list(range(start, start + T * h * w))
+    span = sample.input_ids[start : start + T * h * w]
     assert (span == VIDEO_PAD_ID).all() and (sample.input_ids == VIDEO_PAD_ID).sum() == T * h * w
-    assert (sample.mm_token_type_ids[sample.visual_start : sample.visual_start + T * h * w] == 2).all()
+    assert (sample.mm_token_type_ids[start : start + T * h * w] == 2).all()
     assert len(sample.input_ids) == len(sample.labels) == len(sample.attention_mask)
     assert sample.phrases == ["red square", "red square"]
     assert sample.counters == {"tags/kept": 2}
     assert (sample.rows.instance == 0).all()
-    assert (sample.rows.query > sample.visual_start + T * h * w - 1).all()
+    assert (sample.rows.query > start + T * h * w - 1).all()
     assert sample.second_per_grid_ts.tolist() == [0.5]  # 8 of 8 frames at 4 fps, 2 frames per cell
     # Cells (0,1), (2,3), (4,5), (6,7): annotated frames 0, 3, 6 leave cell 2 without ground truth.
     (cells,), (valid,), (pixels,) = sample.cell_masks, sample.cell_valid, sample.pixel_masks
@@ -95,7 +97,7 @@ def test_unsupervised_video_and_text_only(
     assert len(sample.rows) == 0 and sample.cell_masks == [] and sample.grid == (4, 2, 3)
     assert sample.counters == {"tag_dropped/unsupervised": 2}
     text = builder.build(record([Turn("user", "Hi <ins>you</ins>"), Turn("assistant", "Hello.")]))
-    assert text.visual_start == -1 and text.grid == (0, 0, 0) and text.pixel_values_videos is None
+    assert text.visual_keys.numel() == 0 and text.grid == (0, 0, 0) and text.pixel_values_videos is None
     assert text.counters == {"tag_dropped/no_video": 1}
     assert (text.labels != -100).sum() == 3  # "Hello", ".", <|im_end|>
 
@@ -105,7 +107,7 @@ def test_image_sample(builder: SampleBuilder, still_image: str) -> None:
     # 60x90 -> 56x84 (multiples of 28, within 16 tokens): 2x3 tokens.
     assert sample.image_grid_thw.tolist() == [[1, 4, 6]]
     assert (sample.input_ids == IMAGE_PAD_ID).sum() == 6
-    assert sample.visual_start == -1 and len(sample.rows) == 0
+    assert sample.visual_keys.numel() == 0 and len(sample.rows) == 0
     assert sample.counters == {"tag_dropped/no_video": 2}
 
 

@@ -281,7 +281,7 @@ def _bench_d_sources(
 
 def run_grounding(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
     """Attention-grounding metrics per supervised layer and fused, per source."""
-    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True), loaded.spec)
     layers = list(cfg.attention.layers)
     probe = AttentionProbe(loaded.model, layers)
     report = Report({}, [], [])
@@ -319,7 +319,7 @@ def run_grounding(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report
 
 def run_visualize(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
     """Heatmap PNGs of chosen samples; with ``task.before`` set, that model's row above this one's."""
-    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True), loaded.spec)
     layers, fusion = list(cfg.attention.layers), cfg.attention.fusion
     ids = [str(i) for i in cfg.task.ids] if cfg.task.ids else None
     chosen = [

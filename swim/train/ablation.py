@@ -113,7 +113,7 @@ def head_baseline(
         job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     module.model.eval()
-    datamodule = SwimDataModule(cfg.data, processor=module.processor)
+    datamodule = SwimDataModule(cfg.data, processor=module.processor, spec=module.backbone_cfg.adapter.spec)
     datamodule.prepare_data()
     datamodule.setup("fit")
     selection, seen = [], 0
@@ -172,8 +172,8 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
     """
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={next(reversed(EXPERIMENTS))}", *overrides])
-    processor = load_processor(to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone"))
-    datamodule = SwimDataModule(cfg.data, processor=processor)
+    backbone = to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone")
+    datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
     datamodule.prepare_data()
     datamodule.setup("validate")
     metrics = {"chance": GroundingMetrics(), "oracle": GroundingMetrics()}
