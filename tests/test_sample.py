@@ -164,3 +164,39 @@ def test_builder_pickles(builder: SampleBuilder, square_video: tuple[str, np.nda
     copy = pickle.loads(pickle.dumps(builder))
     rec = record([ASK, SAY], video=square_video[0], annotation=[square_annotation((0,), square_video[1])])
     assert torch.equal(copy.build(rec).input_ids, builder.build(rec).input_ids)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_supervised_video_sample_of_each_family(family: str, square_video: tuple[str, np.ndarray]) -> None:
+    """The same record at each family's geometry and layout; keys are found by token id."""
+    from swim.model.families import get_family
+
+    adapter = get_family(family)
+    spec = adapter.spec
+    builder = SampleBuilder(
+        adapter.build_processor(), DataConfig(**{**vars(CFG), "min_pixels": 4 * 32 * 32}), spec
+    )
+    path, masks = square_video
+    sample = builder.build(record([ASK, SAY], video=path, annotation=[square_annotation((0, 3, 6), masks)]))
+    T, h, w = sample.grid
+    px = spec.token_px
+    assert sample.video_grid_thw.tolist() == [[T, 2 * h, 2 * w]]
+    assert sample.pixel_values_videos.shape == (T * 4 * h * w, 3 * 2 * spec.patch_size**2)
+    keys = sample.visual_keys
+    assert keys.numel() == T * h * w and (sample.input_ids[keys] == VIDEO_PAD_ID).all()
+    assert (sample.input_ids == VIDEO_PAD_ID).sum() == T * h * w
+    assert torch.equal((sample.mm_token_type_ids == 2).nonzero().flatten(), keys)
+    runs = keys.view(T, h * w)
+    assert (runs[:, 1:] - runs[:, :-1] == 1).all(), "each temporal cell is one run"
+    gaps = (runs[1:, 0] - runs[:-1, -1]).tolist()
+    if spec.layout == "timestamped":
+        assert all(gap > 3 for gap in gaps), "timestamp text and markers lie between the cells"
+        assert sample.second_per_grid_ts is None
+        text = builder.tokenizer.decode(sample.input_ids[: int(keys[0])])
+        assert text.endswith("<0.1 seconds><|vision_start|>")  # frames 0 and 1 at 4 fps
+    else:
+        assert gaps == [1] * (T - 1)
+    assert (sample.rows.query > keys[-1]).all() and sample.counters == {"tags/kept": 2}
+    (cells,), (pixels,) = sample.cell_masks, sample.pixel_masks
+    assert cells.shape == (T, h, w) and pixels.shape == (T, h * px, w * px)
+    assert torch.allclose(cells, pixels.reshape(T, h, px, w, px).mean(dim=(2, 4)))

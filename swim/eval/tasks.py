@@ -146,15 +146,21 @@ def _check_unique_ids(name: str, records: list[Record]) -> None:
 
 
 def _ensure_demo(cfg: DictConfig) -> None:
-    """Generate the demo bench if enabled and some source lives under ``demo.dir``."""
+    """Generate the demo bench if enabled and some source lives under ``demo.dir``.
+
+    A model family whose token side is not 28 px reads its own demo, ``<demo.dir>_<px>px``
+    (``cfg.demo.dir`` is pointed there, so the sources that interpolate it follow).
+    """
     if not cfg.demo.ensure:
         return
+    from swim.data.demo import demo_folder, ensure_demo
+
+    token_px = _backbone(cfg).adapter.spec.token_px
+    cfg.demo.dir = demo_folder(cfg.demo.dir, token_px)
     root = Path(cfg.demo.dir).absolute()
     paths = [Path(source["path"]).absolute() for source in task_sources(cfg)]
     if any(root in path.parents for path in paths):
-        from swim.data.demo import ensure_demo
-
-        ensure_demo(root, seed=cfg.demo.seed)
+        ensure_demo(root, seed=cfg.demo.seed, token_px=token_px)
 
 
 def _backbone(cfg: DictConfig) -> BackboneConfig:

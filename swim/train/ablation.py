@@ -35,6 +35,7 @@ from swim.model.module import SwimModule
 from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
+from swim.train.utils import ensure_demo_data
 
 EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM", "demo_reference": "SWIM (reference)"}
 #: The training-free column: the text-only model's best heads.
@@ -113,7 +114,9 @@ def head_baseline(
         job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     module.model.eval()
-    datamodule = SwimDataModule(cfg.data, processor=module.processor, spec=module.backbone_cfg.adapter.spec)
+    spec = module.backbone_cfg.adapter.spec
+    ensure_demo_data(cfg.data, token_px=spec.token_px)
+    datamodule = SwimDataModule(cfg.data, processor=module.processor, spec=spec)
     datamodule.prepare_data()
     datamodule.setup("fit")
     selection, seen = [], 0
@@ -173,6 +176,7 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={next(reversed(EXPERIMENTS))}", *overrides])
     backbone = to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone")
+    ensure_demo_data(cfg.data, token_px=backbone.adapter.spec.token_px)
     datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
     datamodule.prepare_data()
     datamodule.setup("validate")
