@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from swim.cli import run as run_cli
 from swim.train.task import task_wrapper
@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from swim.data.datamodule import SwimDataModule
     from swim.model.backbone import load_processor
+    from swim.model.families import DEFAULT_FAMILY, get_family
     from swim.train.callbacks import LastValidationStep, RunInfoLogger
     from swim.train.checkpoints import (
         PreemptionCheckpoint,
@@ -63,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_noise()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    ensure_demo_data(cfg.data)
+    family = get_family(OmegaConf.select(cfg, "model.backbone.family", default=DEFAULT_FAMILY))
+    ensure_demo_data(cfg.data, token_px=family.spec.token_px)
     check_train_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     inherit_run_id(ckpt_path, output_dir)
@@ -72,7 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Plain dicts, not DictConfigs, reach the module: its saved hyperparameters must load with
     # torch.load(weights_only=True) when a run resumes.
     module = hydra.utils.instantiate(cfg.model, loss=cfg.loss, _recursive_=False, _convert_="all")
-    datamodule = SwimDataModule(cfg.data, processor=load_processor(module.backbone_cfg))
+    backbone = module.backbone_cfg
+    datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
 
     run_info = RunInfoLogger(loggable_config(cfg))
     last_validation = LastValidationStep()

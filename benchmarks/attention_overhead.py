@@ -42,7 +42,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from swim.data.batch import Supervision
+from swim.data.batch import Supervision, contiguous_keys
 from swim.losses import LossConfig, attention_mask_loss, composite_loss
 from swim.model.backbone import BackboneConfig, build_backbone
 from swim.model.probe import AttentionProbe, probe_request
@@ -103,7 +103,7 @@ def build_inputs(length: int, rows: int, device: torch.device) -> tuple[dict[str
         row_token=token,
         row_instance=torch.zeros(rows, dtype=torch.long),
         row_phrase=torch.zeros(rows, dtype=torch.long),
-        visual_start=torch.tensor([visual_start]),
+        visual_keys=[contiguous_keys(visual_start, (cells, GRID_SIDE, GRID_SIDE))],
         grid=torch.tensor([[cells, GRID_SIDE, GRID_SIDE]]),
         instance_sample=torch.tensor([0]),
         cell_masks=[torch.nn.functional.adaptive_avg_pool2d(pixel, (GRID_SIDE, GRID_SIDE))],

@@ -78,8 +78,7 @@ def make_batch(
     if video:
         thw = inputs["video_grid_thw"][0]
         grid = torch.tensor([[int(thw[0]), int(thw[1]) // 2, int(thw[2]) // 2]])
-        visual_start = ids.index(VIDEO_PAD_ID)
-        supervision.visual_start = torch.tensor([visual_start])
+        supervision.visual_keys = [(inputs["input_ids"][0] == VIDEO_PAD_ID).nonzero().flatten()]
         supervision.grid = grid
     if supervised:
         if not video:
@@ -98,7 +97,7 @@ def make_batch(
             row_token=tokens,
             row_instance=torch.zeros(len(tokens), dtype=torch.long),
             row_phrase=torch.zeros(len(tokens), dtype=torch.long),
-            visual_start=supervision.visual_start,
+            visual_keys=supervision.visual_keys,
             grid=supervision.grid,
             instance_sample=torch.zeros(1, dtype=torch.long),
             cell_masks=[cell],

@@ -20,7 +20,7 @@ from data_fixtures import (  # noqa: F401
     still_image,
 )
 
-from swim.data.batch import SwimBatch
+from swim.data.batch import Supervision, SwimBatch, check_visual_keys, contiguous_keys
 from swim.data.collate import collate
 from swim.data.sample import Sample, SampleBuilder
 from swim.data.schema import Turn
@@ -74,12 +74,13 @@ def _check_contract(batch: SwimBatch, samples: list[Sample], pad_id: int) -> Non
     for v, b in enumerate(videos):
         T, h, w = sup.grid[b].tolist()
         assert batch.video_grid_thw[v].tolist() == [T, 2 * h, 2 * w]
-        start = int(sup.visual_start[b])
+        start = int(sup.visual_keys[b][0])
+        assert sup.visual_keys[b].tolist() == list(range(start, start + T * h * w))
         assert (batch.input_ids[b, start : start + T * h * w] == VIDEO_PAD_ID).all()
         assert (batch.input_ids[b] == VIDEO_PAD_ID).sum() == T * h * w
     for b, s in enumerate(samples):
         if s.video_grid_thw is None:
-            assert int(sup.visual_start[b]) == -1 and sup.grid[b].tolist() == [0, 0, 0]
+            assert sup.visual_keys[b].numel() == 0 and sup.grid[b].tolist() == [0, 0, 0]
     images = [b for b, s in enumerate(samples) if s.image_grid_thw is not None]
     assert batch.image_grid_thw.shape == (len(images), 3)
     assert batch.pixel_values.shape[0] == int(batch.image_grid_thw.prod(dim=1).sum())
@@ -94,7 +95,7 @@ def _check_contract(batch: SwimBatch, samples: list[Sample], pad_id: int) -> Non
         b, i = int(sup.row_sample[r]), int(sup.row_instance[r])
         assert int(sup.instance_sample[i]) == b
         T, h, w = sup.grid[b].tolist()
-        assert int(sup.row_query[r]) >= int(sup.visual_start[b]) + T * h * w
+        assert int(sup.row_query[r]) > int(sup.visual_keys[b][-1])
         assert sup.cell_masks[i].shape == (T, h, w) and sup.cell_valid[i].shape == (T,)
         assert sup.pixel_masks[i].shape == (T, 28 * h, 28 * w)
     assert sup.row_phrase.unique().numel() == sum(len(s.phrases) for s in samples)
@@ -144,3 +145,25 @@ def test_tiny_model_forward_on_a_collated_batch(processor: Any, samples: list[Sa
         out = model(**batch.model_inputs(), labels=batch.labels)
     assert out.logits.shape[:2] == batch.input_ids.shape
     assert torch.isfinite(out.loss)
+
+
+def test_visual_keys_contract_runs_and_table() -> None:
+    """Visual keys are per-sample positions in grid order: one run, several runs, or none."""
+    one_run = contiguous_keys(3, (2, 1, 2))
+    assert one_run.tolist() == [3, 4, 5, 6]
+    # Two temporal cells of 1x2 tokens with 3 timestamp/marker tokens between them (Qwen3-VL's layout).
+    two_runs = torch.tensor([4, 5, 9, 10])
+    grid = torch.tensor([[2, 1, 2], [2, 1, 2], [0, 0, 0]])
+    keys = [one_run, two_runs, torch.zeros(0, dtype=torch.long)]
+    check_visual_keys(keys, grid)
+    sup = Supervision.empty(3)
+    sup.visual_keys, sup.grid = keys, grid
+    index, valid = sup.key_table()
+    assert index.tolist() == [[3, 4, 5, 6], [4, 5, 9, 10], [0, 0, 0, 0]]
+    assert valid.tolist() == [[True] * 4, [True] * 4, [False] * 4]
+    assert two_runs.view(2, 1, 2)[1, 0, 0] == 9  # token (t=1, i=0, j=0)
+    with pytest.raises(ValueError, match=r"sample 1: 3 visual keys, expected T\*h\*w = 4"):
+        check_visual_keys([one_run, two_runs[:3], keys[2]], grid)
+    with pytest.raises(ValueError, match="sample 1: visual keys are not strictly increasing"):
+        check_visual_keys([one_run, two_runs.flip(0), keys[2]], grid)
+    assert Supervision.empty(2).key_table()[0].shape == (2, 0)

@@ -20,11 +20,11 @@ from swim.data.mixture import build_mixture
 from swim.data.sample import SampleBuilder
 from swim.eval.attention import capture_maps, prompt_rows
 from swim.eval.generate import Prompt, clean_prompt, generate
-from swim.eval.grounding import GroundingMetrics, metric_names, update_from_maps
 from swim.eval.heatmaps import LABEL_HEIGHT, LABEL_WIDTH, colorize, outline
 from swim.eval.loading import load_model
 from swim.eval.results import read_jsonl
 from swim.eval.tasks import data_config, run
+from swim.metrics.grounding import GroundingMetrics, metric_names, update_from_maps
 from swim.model.backbone import BackboneConfig
 from swim.model.export import export_hf
 from swim.model.probe import AttentionProbe, probe_request

@@ -21,7 +21,7 @@ from torch import nn
 from torch.autograd import gradcheck
 from torch.nn.utils import parametrize
 
-from swim.data.batch import Supervision
+from swim.data.batch import Supervision, contiguous_keys
 from swim.losses import LossConfig, attention_mask_loss, fuse_layers
 from swim.losses.mask_loss import minmax_normalise, pair_losses, pixel_pair_losses
 from swim.losses.resize import bilinear_resize
@@ -148,7 +148,7 @@ def _two_grid_supervision(dtype: torch.dtype) -> tuple[Supervision, dict[int, to
         row_token=torch.tensor([21, 22, 31]),
         row_instance=torch.tensor([0, 0, 1]),
         row_phrase=torch.tensor([0, 0, 0]),
-        visual_start=torch.tensor([3, 3]),
+        visual_keys=[contiguous_keys(3, g) for g in grids],
         grid=torch.tensor(grids),
         instance_sample=torch.tensor([0, 1]),
         cell_masks=[F.avg_pool2d(p, 28) for p in pixel],

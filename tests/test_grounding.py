@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn import metrics
 
-from swim.data.batch import Supervision
-from swim.eval.grounding import (
+from swim.data.batch import Supervision, contiguous_keys
+from swim.metrics.grounding import (
     GroundingMetrics,
     grounding_scores,
     metric_names,
@@ -127,7 +127,7 @@ def _two_sample_supervision() -> Supervision:
         row_token=torch.tensor([11, 13]),
         row_instance=torch.tensor([0, 1]),
         row_phrase=torch.tensor([0, 1]),
-        visual_start=torch.tensor([2, 2]),
+        visual_keys=[contiguous_keys(2, g) for g in grid.tolist()],
         grid=grid,
         instance_sample=torch.tensor([0, 1]),
         cell_masks=[torch.stack([cell, cell]), cell[None]],

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from swim.data.batch import Supervision
+from swim.data.batch import Supervision, contiguous_keys
 from swim.losses import LossConfig, attention_mask_loss, composite_loss, fuse_layers, pair_groups
 from swim.losses.mask_loss import pixel_pair_losses
 from swim.losses.resize import bilinear_resize, bilinear_weights
@@ -36,7 +36,7 @@ def _supervision(
         row_token=row_query + 1,
         row_instance=row_sample.clone(),
         row_phrase=row_sample.clone(),
-        visual_start=torch.full((len(grids),), 3, dtype=torch.long),
+        visual_keys=[contiguous_keys(3, g) for g in grids],
         grid=torch.tensor(grids, dtype=torch.long),
         instance_sample=torch.arange(len(grids)),
         cell_masks=cell_masks,

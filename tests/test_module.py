@@ -13,7 +13,7 @@ from module_fixtures import cpu_trainer, labelled_next_tokens, loader, make_batc
 from omegaconf import OmegaConf
 
 from swim.data.batch import SwimBatch
-from swim.eval.grounding import metric_names
+from swim.metrics.grounding import metric_names
 from swim.model.backbone import build_processor
 from swim.model.module import SwimModule
 from swim.model.optim import (
@@ -176,7 +176,7 @@ def test_validation_logs_grounding_metrics_and_keeps_heatmaps(batches, processor
         for layer in (1, 2, 3):
             assert 0 <= metrics[f"val/layer_{layer}/{key}"] <= 1
     assert metrics["val/num_pairs"] == 4
-    # The names evaluation writes (swim.eval.grounding.metric_names), under val/ and val/layer_<k>/.
+    # The names evaluation writes (swim.metrics.grounding.metric_names), under val/ and val/layer_<k>/.
     fused = {key.removeprefix("val/") for key in metrics if key.count("/") == 1}
     assert fused - {"loss", "text_loss", "attn_loss", "num_pairs", "num_samples", "num_empty_masks"} == set(
         metric_names()

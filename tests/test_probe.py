@@ -16,17 +16,20 @@ from swim.model.probe import AttentionProbe, ProbeRequest, probe_request, row_at
 from swim.model.tokenizer import QWEN_SPECIAL_IDS
 
 VIDEO_PAD = QWEN_SPECIAL_IDS["<|video_pad|>"]
-# (frames, height, width, prompt): two videos of different grids and prompts of different lengths.
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
+# (frames, height, width in tokens, prompt): two videos of different grids and prompts of different lengths.
 CLIPS = [
-    (4, 56, 84, "Describe the red circle."),
-    (2, 56, 56, "What is the blue square doing right now in this video?"),
+    (4, 2, 3, "Describe the red circle."),
+    (2, 2, 2, "What is the blue square doing right now in this video?"),
 ]
 
 
 def _inputs(processor, padding_side: str, clips=CLIPS) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(0)
     texts, videos, metadata = [], [], []
-    for frames, height, width, prompt in clips:
+    px = processor.video_processor.patch_size * processor.video_processor.merge_size
+    for frames, rows, cols, prompt in clips:
+        height, width = rows * px, cols * px
         messages = [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]},
             {"role": "assistant", "content": "It moves to the left."},
@@ -49,7 +52,7 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
     """Rows on the last real tokens of each sample (answer words, end of turn), one instance each."""
     ids, attention = inputs["input_ids"], inputs["attention_mask"]
     batch = ids.shape[0]
-    visual_start = torch.tensor([int((ids[b] == VIDEO_PAD).nonzero()[0]) for b in range(batch)])
+    visual_keys = [(ids[b] == VIDEO_PAD).nonzero().flatten() for b in range(batch)]
     grid = inputs["video_grid_thw"].clone()
     grid[:, 1:] //= 2
     last = torch.tensor([int(attention[b].nonzero()[-1]) for b in range(batch)])
@@ -57,8 +60,9 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
     row_token = last[row_sample] - torch.tensor([0, 3, 6, 0, 2])
     generator = torch.Generator().manual_seed(1)
     cell_masks, cell_valid, pixel_masks = [], [], []
-    for (t, h, w), (_, height, width, _) in zip(grid.tolist(), clips, strict=True):
-        pixel = (torch.rand(t, height, width, generator=generator) > 0.6).float()
+    for (t, h, w), (_, rows, cols, _) in zip(grid.tolist(), clips, strict=True):
+        assert (h, w) == (rows, cols)
+        pixel = (torch.rand(t, 28 * h, 28 * w, generator=generator) > 0.6).float()
         pixel_masks.append(pixel)
         cell_masks.append(torch.nn.functional.adaptive_avg_pool2d(pixel, (h, w)))
         cell_valid.append(torch.arange(t) % 2 == 0)
@@ -68,7 +72,7 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
         row_token=row_token,
         row_instance=row_sample.clone(),
         row_phrase=row_sample.clone(),
-        visual_start=visual_start,
+        visual_keys=visual_keys,
         grid=grid,
         instance_sample=torch.arange(batch),
         cell_masks=cell_masks if with_masks else [],
@@ -77,15 +81,20 @@ def _supervision(inputs: dict[str, torch.Tensor], with_masks: bool = True, clips
     )
 
 
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def backbone():
-    model, processor = build_backbone(BackboneConfig())
+def backbone(family):
+    model, processor = build_backbone(BackboneConfig(family=family))
     return model.eval(), processor
 
 
 @pytest.fixture(scope="module")
-def eager_model():
-    model, _ = build_backbone(BackboneConfig(attn_implementation="eager"))
+def eager_model(family):
+    model, _ = build_backbone(BackboneConfig(family=family, attn_implementation="eager"))
     return model.eval()
 
 
@@ -223,8 +232,8 @@ def _attention_grads(model, probe, inputs, supervision, cfg, *, checkpointing: b
     return result, grads
 
 
-def test_mask_loss_gradients_match_with_and_without_gradient_checkpointing():
-    model, processor = build_backbone(BackboneConfig())
+def test_mask_loss_gradients_match_with_and_without_gradient_checkpointing(family):
+    model, processor = build_backbone(BackboneConfig(family=family))
     model.train()
     inputs = _inputs(processor, "right")
     supervision = _supervision(inputs)
@@ -303,14 +312,13 @@ def test_probe_request_layout_and_errors(backbone):
     assert request.key_index.shape == (5, max(sizes))
     for row in range(5):
         sample = int(supervision.row_sample[row])
-        start = int(supervision.visual_start[sample])
         count = int(request.key_valid[row].sum())
         assert count == sizes[sample]
-        assert request.key_index[row, :count].tolist() == list(range(start, start + count))
+        assert request.key_index[row, :count].tolist() == supervision.visual_keys[sample].tolist()
         assert bool((request.key_index[row, count:] == 0).all())
         assert bool((inputs["input_ids"][sample, request.key_index[row, :count]] == VIDEO_PAD).all())
     no_video = _supervision(inputs)
-    no_video.visual_start[1] = -1
+    no_video.visual_keys[1] = torch.zeros(0, dtype=torch.long)
     with pytest.raises(ValueError, match=r"rows \[3, 4\] belong to samples without a video"):
         probe_request(no_video)
     with pytest.raises(ValueError, match=r"loss\.query"):

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pycocotools import mask as mask_utils
 
-from swim.data.batch import Supervision
+from swim.data.batch import Supervision, contiguous_keys
 from swim.data.chat import align, render_chat, tokenize_chat
 from swim.data.config import REFERENCE_SYSTEM_PROMPT
 from swim.data.masks import instance_cell_masks
@@ -73,7 +73,7 @@ def _one_row(maps: dict[int, torch.Tensor], mask: torch.Tensor) -> Supervision:
         row_token=torch.tensor([10]),
         row_instance=torch.tensor([0]),
         row_phrase=torch.tensor([0]),
-        visual_start=torch.tensor([2]),
+        visual_keys=[contiguous_keys(2, (2, 2, 3))],
         grid=torch.tensor([[2, 2, 3]]),
         instance_sample=torch.tensor([0]),
         cell_masks=[cells],

@@ -42,14 +42,16 @@ def test_supervised_video_sample(builder: SampleBuilder, square_video: tuple[str
     assert (T, h, w) == (4, 2, 3)
     assert sample.video_grid_thw.tolist() == [[T, 2 * h, 2 * w]]
     assert sample.pixel_values_videos.shape == (T * 2 * h * 2 * w, 3 * 2 * 14 * 14)
-    span = sample.input_ids[sample.visual_start : sample.visual_start + T * h * w]
+    start = int(sample.visual_keys[0])
+    assert sample.visual_keys.tolist() == list(range(start, start + T * h * w))
+    span = sample.input_ids[start : start + T * h * w]
     assert (span == VIDEO_PAD_ID).all() and (sample.input_ids == VIDEO_PAD_ID).sum() == T * h * w
-    assert (sample.mm_token_type_ids[sample.visual_start : sample.visual_start + T * h * w] == 2).all()
+    assert (sample.mm_token_type_ids[start : start + T * h * w] == 2).all()
     assert len(sample.input_ids) == len(sample.labels) == len(sample.attention_mask)
     assert sample.phrases == ["red square", "red square"]
     assert sample.counters == {"tags/kept": 2}
     assert (sample.rows.instance == 0).all()
-    assert (sample.rows.query > sample.visual_start + T * h * w - 1).all()
+    assert (sample.rows.query > start + T * h * w - 1).all()
     assert sample.second_per_grid_ts.tolist() == [0.5]  # 8 of 8 frames at 4 fps, 2 frames per cell
     # Cells (0,1), (2,3), (4,5), (6,7): annotated frames 0, 3, 6 leave cell 2 without ground truth.
     (cells,), (valid,), (pixels,) = sample.cell_masks, sample.cell_valid, sample.pixel_masks
@@ -95,7 +97,7 @@ def test_unsupervised_video_and_text_only(
     assert len(sample.rows) == 0 and sample.cell_masks == [] and sample.grid == (4, 2, 3)
     assert sample.counters == {"tag_dropped/unsupervised": 2}
     text = builder.build(record([Turn("user", "Hi <ins>you</ins>"), Turn("assistant", "Hello.")]))
-    assert text.visual_start == -1 and text.grid == (0, 0, 0) and text.pixel_values_videos is None
+    assert text.visual_keys.numel() == 0 and text.grid == (0, 0, 0) and text.pixel_values_videos is None
     assert text.counters == {"tag_dropped/no_video": 1}
     assert (text.labels != -100).sum() == 3  # "Hello", ".", <|im_end|>
 
@@ -105,7 +107,7 @@ def test_image_sample(builder: SampleBuilder, still_image: str) -> None:
     # 60x90 -> 56x84 (multiples of 28, within 16 tokens): 2x3 tokens.
     assert sample.image_grid_thw.tolist() == [[1, 4, 6]]
     assert (sample.input_ids == IMAGE_PAD_ID).sum() == 6
-    assert sample.visual_start == -1 and len(sample.rows) == 0
+    assert sample.visual_keys.numel() == 0 and len(sample.rows) == 0
     assert sample.counters == {"tag_dropped/no_video": 2}
 
 
@@ -162,3 +164,39 @@ def test_builder_pickles(builder: SampleBuilder, square_video: tuple[str, np.nda
     copy = pickle.loads(pickle.dumps(builder))
     rec = record([ASK, SAY], video=square_video[0], annotation=[square_annotation((0,), square_video[1])])
     assert torch.equal(copy.build(rec).input_ids, builder.build(rec).input_ids)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_supervised_video_sample_of_each_family(family: str, square_video: tuple[str, np.ndarray]) -> None:
+    """The same record at each family's geometry and layout; keys are found by token id."""
+    from swim.model.families import get_family
+
+    adapter = get_family(family)
+    spec = adapter.spec
+    builder = SampleBuilder(
+        adapter.build_processor(), DataConfig(**{**vars(CFG), "min_pixels": 4 * 32 * 32}), spec
+    )
+    path, masks = square_video
+    sample = builder.build(record([ASK, SAY], video=path, annotation=[square_annotation((0, 3, 6), masks)]))
+    T, h, w = sample.grid
+    px = spec.token_px
+    assert sample.video_grid_thw.tolist() == [[T, 2 * h, 2 * w]]
+    assert sample.pixel_values_videos.shape == (T * 4 * h * w, 3 * 2 * spec.patch_size**2)
+    keys = sample.visual_keys
+    assert keys.numel() == T * h * w and (sample.input_ids[keys] == VIDEO_PAD_ID).all()
+    assert (sample.input_ids == VIDEO_PAD_ID).sum() == T * h * w
+    assert torch.equal((sample.mm_token_type_ids == 2).nonzero().flatten(), keys)
+    runs = keys.view(T, h * w)
+    assert (runs[:, 1:] - runs[:, :-1] == 1).all(), "each temporal cell is one run"
+    gaps = (runs[1:, 0] - runs[:-1, -1]).tolist()
+    if spec.layout == "timestamped":
+        assert all(gap > 3 for gap in gaps), "timestamp text and markers lie between the cells"
+        assert sample.second_per_grid_ts is None
+        text = builder.tokenizer.decode(sample.input_ids[: int(keys[0])])
+        assert text.endswith("<0.1 seconds><|vision_start|>")  # frames 0 and 1 at 4 fps
+    else:
+        assert gaps == [1] * (T - 1)
+    assert (sample.rows.query > keys[-1]).all() and sample.counters == {"tags/kept": 2}
+    (cells,), (pixels,) = sample.cell_masks, sample.pixel_masks
+    assert cells.shape == (T, h, w) and pixels.shape == (T, h * px, w * px)
+    assert torch.allclose(cells, pixels.reshape(T, h, px, w, px).mean(dim=(2, 4)))

@@ -7,19 +7,51 @@ supervision in compact per-row form (:class:`Supervision`). Shapes use
 - ``R`` supervised query rows in the whole batch,
 - ``N`` object instances with ground truth in the whole batch,
 - per sample ``(T, h, w)``: its video's token grid (temporal cells, token rows, token columns),
-  ``h = H / 28`` and ``w = W / 28`` for resized frames of ``H x W`` pixels.
+  ``h = H / p`` and ``w = W / p`` for resized frames of ``H x W`` pixels, ``p`` the model family's
+  token side (``VisualSpec.token_px``: 28 Qwen2/2.5-VL, 32 Qwen3-VL).
 
-Visual tokens of a sample are laid out temporal-cell-major, then row-major, in one contiguous span
-``[visual_start, visual_start + T*h*w)`` of its sequence (Qwen2.5-VL's layout).
+**Visual key positions.** Each sample carries ``visual_keys[b]``, a ``(T*h*w,)`` long tensor: the
+sequence position of each of its video tokens, in grid order (temporal cell, then row, then
+column), so ``visual_keys[b].view(T, h, w)[t, i, j]`` is the column holding token ``(t, i, j)``.
+The positions are found by token id, whatever the layout: one run
+``[s, s + T*h*w)`` for Qwen2/2.5-VL, or ``T`` runs of ``h*w`` with timestamp text between them for
+Qwen3-VL (:mod:`swim.data.spec`). They index the sample's own row of ``input_ids``; a later packed
+batch (several samples per row) would add each sample's row and offset, never change this order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
+
+
+def contiguous_keys(start: int, grid: tuple[int, int, int] | Sequence[int]) -> Tensor:
+    """``(T*h*w,)`` long: the visual keys of one run ``[start, start + T*h*w)`` (Qwen2/2.5-VL)."""
+    steps, height, width = (int(v) for v in grid)
+    return torch.arange(start, start + steps * height * width, dtype=torch.long)
+
+
+def check_visual_keys(visual_keys: Sequence[Tensor], grid: Tensor) -> None:
+    """Raise unless each sample has ``T*h*w`` increasing keys (naming the first bad sample).
+
+    Args:
+        visual_keys: ``B`` tensors ``(K_b,)`` long.
+        grid: ``(B, 3)`` long token grids.
+    """
+    if len(visual_keys) != grid.shape[0]:
+        raise ValueError(f"{len(visual_keys)} visual_keys entries for {grid.shape[0]} samples")
+    for b, keys in enumerate(visual_keys):
+        expected = int(grid[b].prod())
+        if keys.numel() != expected:
+            raise ValueError(
+                f"sample {b}: {keys.numel()} visual keys, expected T*h*w = {expected} "
+                f"for grid {grid[b].tolist()}"
+            )
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            raise ValueError(f"sample {b}: visual keys are not strictly increasing")
 
 
 @dataclass
@@ -35,7 +67,8 @@ class Supervision:
         row_instance: ``(R,)`` long, index into the batch's instances (``0 <= i < N``).
         row_phrase: ``(R,)`` long, batch-global index of the tagged phrase the row belongs to
             (rows of one multi-token phrase share it).
-        visual_start: ``(B,)`` long, first position of the sample's video tokens; -1 without video.
+        visual_keys: ``B`` tensors ``(T*h*w,)`` long, the sequence positions of the sample's video
+            tokens in grid order (module docstring); empty ``(0,)`` without video.
         grid: ``(B, 3)`` long, the sample's video token grid ``(T, h, w)``; zeros without video.
         instance_sample: ``(N,)`` long, batch index of each instance's sample.
         cell_masks: ``N`` tensors ``(T, h, w)`` float in [0, 1]: the instance's ground truth per
@@ -53,7 +86,7 @@ class Supervision:
     row_token: Tensor
     row_instance: Tensor
     row_phrase: Tensor
-    visual_start: Tensor
+    visual_keys: list[Tensor]
     grid: Tensor
     instance_sample: Tensor
     cell_masks: list[Tensor]
@@ -63,6 +96,26 @@ class Supervision:
     @property
     def num_rows(self) -> int:
         return int(self.row_query.numel())
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.grid.shape[0])
+
+    def key_table(self) -> tuple[Tensor, Tensor]:
+        """The visual keys of every sample as one padded table.
+
+        Returns:
+            ``index (B, K)`` long, ``visual_keys[b]`` padded with 0 up to ``K`` (the most visual
+            tokens of one sample, 0 without video), and ``valid (B, K)`` bool, True on real keys.
+        """
+        sizes = torch.tensor([keys.numel() for keys in self.visual_keys], dtype=torch.long)
+        num_keys = int(sizes.max()) if sizes.numel() else 0
+        device = self.grid.device
+        index = torch.zeros(self.batch_size, num_keys, dtype=torch.long, device=device)
+        for b, keys in enumerate(self.visual_keys):
+            index[b, : keys.numel()] = keys
+        valid = torch.arange(num_keys, device=device)[None, :] < sizes.to(device)[:, None]
+        return index, valid
 
     @classmethod
     def empty(cls, batch_size: int) -> Supervision:
@@ -74,7 +127,7 @@ class Supervision:
             row_token=none,
             row_instance=none,
             row_phrase=none,
-            visual_start=torch.full((batch_size,), -1, dtype=torch.long),
+            visual_keys=[none] * batch_size,
             grid=torch.zeros(batch_size, 3, dtype=torch.long),
             instance_sample=none,
             cell_masks=[],
@@ -155,7 +208,7 @@ class SwimBatch:
         return int(self.input_ids.shape[0])
 
     def model_inputs(self) -> dict[str, Tensor]:
-        """The keyword arguments of ``Qwen2_5_VLForConditionalGeneration.forward`` (no labels)."""
+        """The keyword arguments of the backbone's ``forward`` (no labels)."""
         inputs = {key: getattr(self, key) for key in MODEL_INPUT_KEYS}
         return {key: value for key, value in inputs.items() if value is not None}
 

@@ -5,7 +5,9 @@ visual input is a single ``<|video_pad|>`` (or ``<|image_pad|>``) placeholder. W
 in character offsets of that string, every tagged phrase and every assistant answer (its text plus
 the ``<|im_end|>`` that closes it). The fast tokenizer's offset mapping then turns these character
 spans into token indices; the processor later expands the placeholder into ``N`` visual tokens, so
-token indices after it shift by ``N - 1``. Phrases are never re-tokenised and searched for.
+token indices after it shift by ``N - 1`` (``N`` counts every token of the expansion: visual
+tokens, and in Qwen3-VL's layout the timestamps and markers between cells). Phrases are never
+re-tokenised and searched for.
 
 Positions below are *expanded* sequence positions (what the model sees) unless named otherwise.
 """
@@ -340,7 +342,9 @@ def align(
         chat: the rendered chat.
         ids: the ``L0`` unexpanded token ids, ``offsets`` their ``(L0, 2)`` character ranges.
         pad_index: index of the visual placeholder among the ``L0`` tokens, or ``None``.
-        num_visual: number of visual tokens the placeholder expands to (``T*h*w``); 0 without visual.
+        num_visual: number of tokens the placeholder expands to (``T*h*w`` in the contiguous layout,
+            plus the timestamps and vision markers between cells in the timestamped one,
+            :mod:`swim.data.spec`); 0 without visual. Tags before the end of that block are dropped.
         num_instances: instances with masks in the record (0 disables supervision).
         supervise: the record's source switch; ``False`` drops every tag.
         query: ``predicting`` (row = tagged position - 1) or ``token`` (row = tagged position).

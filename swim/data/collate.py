@@ -1,8 +1,8 @@
 """Collation: a list of :class:`Sample` -> one :class:`SwimBatch` (``swim/data/batch.py``).
 
 Sequences are right-padded, so every position inside a sample keeps its index and the supervised
-rows need no shift. Visual tensors are concatenated in batch order (the order Qwen2.5-VL consumes
-its ``video_grid_thw`` / ``image_grid_thw`` rows). Instance and phrase indices become batch-global.
+rows need no shift. Visual tensors are concatenated in batch order (the order the model consumes its
+``video_grid_thw`` / ``image_grid_thw`` rows). Instance and phrase indices become batch-global.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from swim.data.batch import Supervision, SwimBatch
+from swim.data.batch import Supervision, SwimBatch, check_visual_keys
 from swim.data.chat import IGNORE_INDEX, Rows
 from swim.data.dataset import SkippedRecord
 from swim.data.sample import Sample
@@ -77,14 +77,17 @@ def collate(items: Sequence[Sample | SkippedRecord], pad_id: int) -> SwimBatch:
         num_instances += len(s.cell_masks)
         num_phrases += len(s.phrases)
         counters.update(s.counters)
+    visual_keys = [s.visual_keys for s in samples]
+    grid = torch.tensor([list(s.grid) for s in samples], dtype=torch.long).reshape(len(samples), 3)
+    check_visual_keys(visual_keys, grid)
     supervision = Supervision(
         row_sample=torch.cat(row_sample),
         row_query=torch.cat(row_query),
         row_token=torch.cat(row_token),
         row_instance=torch.cat(row_instance),
         row_phrase=torch.cat(row_phrase),
-        visual_start=torch.tensor([s.visual_start for s in samples], dtype=torch.long),
-        grid=torch.tensor([list(s.grid) for s in samples], dtype=torch.long).reshape(len(samples), 3),
+        visual_keys=visual_keys,
+        grid=grid,
         instance_sample=torch.tensor(instance_sample, dtype=torch.long),
         cell_masks=cell_masks,
         cell_valid=cell_valid,

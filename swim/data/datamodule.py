@@ -37,6 +37,7 @@ from swim.data.dataset import SwimDataset
 from swim.data.lengths import mixture_lengths
 from swim.data.mixture import Mixture, build_mixture, source_configs
 from swim.data.sample import DataConfig, SampleBuilder
+from swim.data.spec import VisualSpec
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +166,12 @@ class SwimDataModule(pl.LightningDataModule):
         cfg: the ``data`` config: ``train``, ``val``, ``bench`` (each ``{sources: {name: {...}}}``
             with ``swim.data.mixture.SourceConfig`` fields, or a list with ``name`` fields),
             :class:`DataConfig` knobs and :class:`LoaderConfig` knobs, all top-level.
-        processor: the backbone's ``Qwen2_5_VLProcessor``.
+        processor: the backbone's processor (built by its family adapter, swim/model/families).
+        spec: the family's geometry and visual layout (the adapter's ``spec``); ``None``: the
+            default family's (Qwen2.5-VL).
     """
 
-    def __init__(self, cfg: Mapping[str, Any] | DictConfig, processor: Any):
+    def __init__(self, cfg: Mapping[str, Any] | DictConfig, processor: Any, spec: VisualSpec | None = None):
         super().__init__()
         values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         assert isinstance(values, dict)
@@ -182,7 +185,7 @@ class SwimDataModule(pl.LightningDataModule):
             **{k: v for k, v in values.items() if k in {f.name for f in fields(LoaderConfig)}}
         )
         self.processor = processor
-        self.builder = SampleBuilder(processor, self.data_cfg)
+        self.builder = SampleBuilder(processor, self.data_cfg, spec)
         pad_id = processor.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError("the processor's tokenizer has no pad token id")

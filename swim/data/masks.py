@@ -7,7 +7,8 @@ Ground truth of temporal cell ``t`` (sampled frames ``2t`` and ``2t+1``) is the 
 of whichever of its two frames are annotated; any frame index counts, frame 0 included. Masks
 are resized to the resized frame size with pixel-centre nearest neighbour (each output pixel takes
 the input pixel under its centre, so a union of resized masks equals the resized union), then
-area-downsampled to the token grid: each cell value is the covered fraction of its 28 x 28 block.
+area-downsampled to the token grid: each cell value is the covered fraction of its ``cell x cell``
+block (the family's token side: 28 px, 32 for Qwen3-VL).
 A cell with no annotated frame is invalid and all zeros.
 
 A mask that decodes with no pixel set (an all-zero RLE, a polygon entirely outside the frame) is
@@ -36,7 +37,7 @@ from pycocotools import mask as mask_utils
 from swim.data.schema import Rejection, SampleError
 
 CELL = 28
-"""Pixels per side of one LLM visual token."""
+"""Pixels per side of one LLM visual token by default (Qwen2/2.5-VL)."""
 
 _STATS = {"decoded": 0}
 
@@ -306,6 +307,7 @@ def instance_cell_masks(
     index: int = -1,
     field: str = "annotation[0]",
     counters: Counter[str] | None = None,
+    cell: int = CELL,
 ) -> InstanceMasks:
     """Ground truth of one instance per temporal cell, on the token grid (and optionally in pixels).
 
@@ -313,7 +315,7 @@ def instance_cell_masks(
         instance: frame index -> segmentation (``{"segmentation": ...}`` or the segmentation).
         frame_indices: the sampled frames, an even count; cell ``t`` is frames ``2t`` and ``2t + 1``.
         video_hw: the video's ``(height, width)``.
-        resized_hw: the resized frame ``(H, W)``, multiples of 28.
+        resized_hw: the resized frame ``(H, W)``, multiples of ``cell``.
         pixel_masks: also return the ``(T, H, W)`` pixel masks.
         cell_rule: ``union`` (cell ``t`` is the union of its annotated frames ``2t``, ``2t+1``) or
             ``reference`` (frame ``2t+1`` if annotated, else frame 0 if annotated, else invalid).
@@ -323,19 +325,20 @@ def instance_cell_masks(
         decoded: masks already decoded by :func:`decode_frame_masks` (not decoded again).
         file, index, field: where the annotation came from, for errors.
         counters: where :func:`decode_frame_masks` counts empty masks.
+        cell: pixels per side of one visual token (the model family's ``token_px``).
 
     Returns:
-        :class:`InstanceMasks` with ``T = len(frame_indices) / 2``, ``h, w = H / 28, W / 28``.
+        :class:`InstanceMasks` with ``T = len(frame_indices) / 2``, ``h, w = H / cell, W / cell``.
 
     Raises:
-        ValueError: an odd or empty ``frame_indices``, or ``resized_hw`` not multiples of 28.
+        ValueError: an odd or empty ``frame_indices``, or ``resized_hw`` not multiples of ``cell``.
         SampleError: ``bad_rle``, ``mask_size_mismatch``, ``frame_out_of_range``, ``bad_frame_index``.
     """
     if not frame_indices or len(frame_indices) % 2:
         raise ValueError(f"frame_indices must be a non-empty even-length list, got {len(frame_indices)}")
     out_h, out_w = resized_hw
-    if out_h < CELL or out_w < CELL or out_h % CELL or out_w % CELL:
-        raise ValueError(f"resized size {out_h}x{out_w} is not a positive multiple of {CELL}")
+    if out_h < cell or out_w < cell or out_h % cell or out_w % cell:
+        raise ValueError(f"resized size {out_h}x{out_w} is not a positive multiple of {cell}")
     if decoded is None:
         decoded = decode_frame_masks(
             instance,
@@ -377,7 +380,7 @@ def instance_cell_masks(
     else:
         pixel = pixels.float()
     return InstanceMasks(
-        cell_masks=cell_area(pixels), cell_valid=valid, pixel_masks=pixel if pixel_masks else None
+        cell_masks=cell_area(pixels, cell), cell_valid=valid, pixel_masks=pixel if pixel_masks else None
     )
 
 

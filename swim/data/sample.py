@@ -1,6 +1,7 @@
 """One record -> one sample's tensors: frames, chat tokens, labels, supervised rows and masks.
 
-:class:`SampleBuilder` loads the record's video (sampled frames, resized to multiples of 28 px) or
+:class:`SampleBuilder` loads the record's video (sampled frames, resized to multiples of the model
+family's token side, :class:`~swim.data.spec.VisualSpec`) or
 image with ``swim.data.media``, renders and tokenises the conversation, aligns the ``<ins>`` tags
 to tokens, decodes the masks of the instances that tagged rows refer to (only on sampled annotated
 frames), and runs the processor for pixel values. Every failure caused by the data raises
@@ -26,6 +27,7 @@ from swim.data.config import DataConfig
 from swim.data.masks import decode_frame_masks, instance_cell_masks, resize_mask_nearest
 from swim.data.media import VideoClip, load_image, load_video_clip
 from swim.data.schema import Record, Rejection, SampleError
+from swim.data.spec import VisualSpec, cell_timestamps
 
 STAGES = (
     "read_record",
@@ -45,11 +47,14 @@ class Sample:
     Attributes:
         id: the record's id.
         input_ids, attention_mask, labels, mm_token_type_ids: ``(L,)`` long.
-        pixel_values_videos: ``(P, 1176)`` float patches, ``video_grid_thw`` ``(1, 3)`` long,
-            ``second_per_grid_ts`` ``(1,)`` float; all ``None`` without video.
+        pixel_values_videos: ``(P, 3*2*p*p)`` float patches (``p`` the patch size: 14, or 16 for
+            Qwen3-VL), ``video_grid_thw`` ``(1, 3)`` long,
+            ``second_per_grid_ts`` ``(1,)`` float (``None`` for a family without it); all ``None``
+            without video.
         pixel_values: ``(P, 1176)`` float image patches, ``image_grid_thw`` ``(1, 3)``; ``None`` without.
         rows: supervised rows; ``rows.instance`` indexes ``cell_masks``, ``rows.phrase`` ``phrases``.
-        visual_start: position of the first video token, -1 without video.
+        visual_keys: ``(T*h*w,)`` long, the positions of the video tokens in grid order
+            (``swim/data/batch.py``); empty without video.
         grid: the video's token grid ``(T, h, w)``; ``(0, 0, 0)`` without video.
         cell_masks: ``N`` tensors ``(T, h, w)`` float; ``cell_valid``: ``N`` tensors ``(T,)`` bool.
         pixel_masks: ``N`` tensors ``(T, H, W)`` float, or ``None`` when not asked for.
@@ -64,7 +69,7 @@ class Sample:
     labels: Tensor
     mm_token_type_ids: Tensor
     rows: Rows
-    visual_start: int = -1
+    visual_keys: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     grid: tuple[int, int, int] = (0, 0, 0)
     pixel_values_videos: Tensor | None = None
     video_grid_thw: Tensor | None = None
@@ -135,21 +140,28 @@ class Stopwatch:
 
 
 class SampleBuilder:
-    """Builds :class:`Sample` objects from records with a Qwen2.5-VL processor.
+    """Builds :class:`Sample` objects from records with a model family's processor.
 
     Args:
-        processor: a ``Qwen2_5_VLProcessor`` whose image/video processors do not resize
-            (``do_resize=False``): frames arrive at multiples of 28 px.
+        processor: the family's processor, whose image/video processors do not resize
+            (``do_resize=False``): frames arrive at multiples of ``spec.token_px``.
         cfg: the sample-building knobs.
+        spec: the family's geometry and visual-token layout; ``None``: the default
+            (Qwen2.5-VL's) :class:`~swim.data.spec.VisualSpec`. Checked against the processor.
     """
 
-    def __init__(self, processor: Any, cfg: DataConfig | None = None):
+    def __init__(self, processor: Any, cfg: DataConfig | None = None, spec: VisualSpec | None = None):
         self.processor = processor
         self.cfg = cfg or DataConfig()
+        self.spec = spec or VisualSpec()
+        self.spec.check_processor(processor)
+        if self.spec.temporal_patch != 2:
+            raise ValueError(
+                f"VisualSpec.temporal_patch={self.spec.temporal_patch}: temporal cells of 2 frames only"
+            )
         self.tokenizer = processor.tokenizer
-        vp = processor.video_processor
-        self.factor = int(vp.patch_size * vp.merge_size)
-        self.temporal_patch = int(vp.temporal_patch_size)
+        self.factor = self.spec.token_px
+        self.temporal_patch = self.spec.temporal_patch
         self.stopwatch = Stopwatch()
 
     def build(self, record: Record) -> Sample:
@@ -173,7 +185,8 @@ class SampleBuilder:
             ids, offsets, pad_index = tokenize_chat(chat, self.tokenizer)
         grid = self._grid(kind, clip)
         num_visual = grid[0] * grid[1] * grid[2]
-        length = len(ids) + (num_visual - 1 if clip is not None else 0)
+        block = self._visual_ids(kind, clip, grid)
+        length = len(ids) + (len(block) - 1 if clip is not None else 0)
         if length > cfg.max_length:
             detail = f"{length} tokens ({num_visual} visual) exceed data.max_length={cfg.max_length}"
             raise SampleError(
@@ -186,7 +199,7 @@ class SampleBuilder:
                 ids,
                 offsets,
                 pad_index,
-                num_visual,
+                len(block),
                 num_instances=num_instances,
                 supervise=record.supervise,
                 query=cfg.query,  # type: ignore[arg-type]
@@ -198,11 +211,11 @@ class SampleBuilder:
             rows, phrases, masks = self._masks(record, clip, alignment.rows, alignment.phrases, counters)
         with sw("processor"):
             out = self._process(chat.text, kind, clip)
-        expected = _expanded_ids(ids, pad_index, num_visual)
+        expected = _expanded_ids(ids, pad_index, block)
         if not torch.equal(out["input_ids"][0], expected):
             raise RuntimeError(
                 f"{record.file}: record {record.index}: the processor's input_ids differ from the aligned "
-                "tokenisation (chat template or tokenizer mismatch)"
+                f"tokenisation (chat template, tokenizer or visual layout {self.spec.layout!r} mismatch)"
             )
         sample = Sample(
             id=record.id,
@@ -220,10 +233,13 @@ class SampleBuilder:
                 raise RuntimeError(f"processor video grid {thw.tolist()} disagrees with the expected {grid}")
             sample.pixel_values_videos = out["pixel_values_videos"]
             sample.video_grid_thw = thw
-            sample.second_per_grid_ts = torch.as_tensor(
-                out["second_per_grid_ts"], dtype=torch.float32
-            ).reshape(1)
-            sample.visual_start = int(pad_index)  # type: ignore[arg-type]
+            if "second_per_grid_ts" in out:  # Qwen3-VL's processor has none: timestamps are text
+                sample.second_per_grid_ts = torch.as_tensor(
+                    out["second_per_grid_ts"], dtype=torch.float32
+                ).reshape(1)
+            sample.visual_keys = (expected == self.spec.video_pad_id).nonzero().flatten()
+            if sample.visual_keys.numel() != num_visual:
+                raise RuntimeError(f"{sample.visual_keys.numel()} video tokens for the grid {grid}")
             sample.grid = grid
             sample.cell_masks = [m.cell_masks for m in masks]
             sample.cell_valid = [m.cell_valid for m in masks]
@@ -283,6 +299,20 @@ class SampleBuilder:
         steps = 1 if kind == "image" else len(clip.frame_indices) // self.temporal_patch
         return (steps, height // self.factor, width // self.factor)
 
+    def _visual_ids(
+        self, kind: Visual | None, clip: VideoClip | None, grid: tuple[int, int, int]
+    ) -> list[int]:
+        """The token ids the visual placeholder expands to (the spec's layout); empty without a clip."""
+        if clip is None:
+            return []
+        if kind == "image":
+            return [self.spec.image_pad_id] * (grid[1] * grid[2])
+        times = cell_timestamps(clip.frame_indices, clip.fps, self.temporal_patch)
+        return self.spec.video_ids(grid, times, self._tokenize)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _masks(
         self, record: Record, clip: VideoClip | None, rows: Rows, phrases: list[str], counters: Counter[str]
     ) -> tuple[Rows, list[str], list[Any]]:
@@ -308,6 +338,7 @@ class SampleBuilder:
                 index=record.index,
                 field=f"annotation[{j}]",
                 counters=counters,
+                cell=self.factor,
             )
             if bool(instance_masks.cell_valid.any()):
                 masks.append(instance_masks)
@@ -343,10 +374,9 @@ def record_media_field(record: Record) -> str:
     return "video" if record.video is not None else "image" if record.image is not None else "conversations"
 
 
-def _expanded_ids(ids: list[int], pad_index: int | None, num_visual: int) -> Tensor:
-    """``(L,)`` long: the unexpanded ids with the visual placeholder repeated ``num_visual`` times."""
+def _expanded_ids(ids: list[int], pad_index: int | None, block: list[int]) -> Tensor:
+    """``(L,)`` long: the unexpanded ids with the visual placeholder replaced by ``block``."""
     out = torch.as_tensor(ids, dtype=torch.long)
     if pad_index is None:
         return out
-    pad = out[pad_index : pad_index + 1].expand(num_visual)
-    return torch.cat([out[:pad_index], pad, out[pad_index + 1 :]])
+    return torch.cat([out[:pad_index], torch.as_tensor(block, dtype=torch.long), out[pad_index + 1 :]])

@@ -4,7 +4,7 @@ Every record with masks and ``<ins>`` tags is built into a sample exactly as for
 (``swim.data.sample.SampleBuilder``, pixel masks on), batched (``swim.data.collate``), and run
 through the language model with the probe armed on the supervised rows. For each supervised layer
 and for the fused map, each (row, annotated temporal cell) pair is scored with METHOD.md section 6's
-metrics (``swim.eval.grounding.grounding_scores``); pairs are averaged per sample, and each
+metrics (``swim.metrics.grounding.grounding_scores``); pairs are averaged per sample, and each
 sample's averages are streamed to JSONL, so a rerun skips finished samples. The overall figure of
 a metric is the mean over samples (pairs whose mask is empty have no score and are left out).
 """
@@ -24,11 +24,11 @@ from swim.data.collate import collate
 from swim.data.sample import Sample, SampleBuilder
 from swim.data.schema import Record, SampleError
 from swim.eval.attention import capture_maps
-from swim.eval.grounding import grounding_scores, metric_names
 from swim.eval.loading import LoadedModel
 from swim.eval.progress import progress_bar
 from swim.eval.results import JsonlLog, Table, skip_failed
 from swim.losses import pair_groups
+from swim.metrics.grounding import grounding_scores, metric_names
 from swim.model.probe import AttentionProbe, probe_request
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ In the spirit of "localization heads" (Kang et al., CVPR 2025): every (layer, he
 model is scored on a selection split by the mean share of its attention, from the supervised rows
 to a temporal cell, that falls inside the cell's mask; the ``k`` best heads' maps (each renormalised
 over the row's visual keys, then averaged) are then scored on another split exactly as the fused
-map of a trained model is (:class:`~swim.eval.grounding.GroundingMetrics`). A supervised model
+map of a trained model is (:class:`~swim.metrics.grounding.GroundingMetrics`). A supervised model
 must beat this, not just its head average, to show that supervision adds something.
 """
 
@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from swim.data.batch import SwimBatch
-from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import pair_groups
 from swim.losses.mask_loss import mass_in_mask
+from swim.metrics.grounding import GroundingMetrics, update_from_maps
 from swim.model.module import SwimModule
 from swim.model.probe import AttentionProbe, probe_request
 

@@ -5,7 +5,7 @@ Nothing is downloaded. ``ckpt`` may be
 - a Lightning ``.ckpt`` file written by ``train.py``, or a DeepSpeed checkpoint folder (consolidated
   on the fly; ``swim.model.export.load_module``);
 - a folder with ``config.json``: a Hugging Face export (``python -m swim.model.export``) or any local
-  Qwen2.5-VL checkpoint, read with ``local_files_only``;
+  checkpoint of the config's family (``model.backbone.family``), read with ``local_files_only``;
 - ``None``: the config's backbone as it is (``model=tiny`` gives the random tiny model used by the
   tests; ``model=qwen2_5_vl_7b`` the base model, for a baseline).
 """
@@ -21,8 +21,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, ProcessorMixin
 
+from swim.data.spec import VisualSpec
 from swim.model.backbone import BackboneConfig, TinyConfig, build_backbone
 from swim.model.export import is_deepspeed_checkpoint, load_module
+from swim.model.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,19 @@ class LoadedModel:
     """A model ready for evaluation (eval mode, on its device) and its processor.
 
     Attributes:
-        model: a ``Qwen2_5_VLForConditionalGeneration``.
-        processor: its ``Qwen2_5_VLProcessor`` (resizing off: frames are resized by our pipeline).
+        model: a ``...ForConditionalGeneration`` of any family (``swim/model/families``).
+        processor: its processor (resizing off: frames are resized by our pipeline).
         source: what was loaded, for logs and reports.
     """
 
     model: PreTrainedModel
     processor: ProcessorMixin
     source: str
+
+    @property
+    def spec(self) -> VisualSpec:
+        """The model family's geometry and visual layout, for the sample builder."""
+        return family_of(self.model).spec
 
 
 def backbone_config(values: Any) -> BackboneConfig:

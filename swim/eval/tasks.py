@@ -146,15 +146,21 @@ def _check_unique_ids(name: str, records: list[Record]) -> None:
 
 
 def _ensure_demo(cfg: DictConfig) -> None:
-    """Generate the demo bench if enabled and some source lives under ``demo.dir``."""
+    """Generate the demo bench if enabled and some source lives under ``demo.dir``.
+
+    A model family whose token side is not 28 px reads its own demo, ``<demo.dir>_<px>px``
+    (``cfg.demo.dir`` is pointed there, so the sources that interpolate it follow).
+    """
     if not cfg.demo.ensure:
         return
+    from swim.data.demo import demo_folder, ensure_demo
+
+    token_px = _backbone(cfg).adapter.spec.token_px
+    cfg.demo.dir = demo_folder(cfg.demo.dir, token_px)
     root = Path(cfg.demo.dir).absolute()
     paths = [Path(source["path"]).absolute() for source in task_sources(cfg)]
     if any(root in path.parents for path in paths):
-        from swim.data.demo import ensure_demo
-
-        ensure_demo(root, seed=cfg.demo.seed)
+        ensure_demo(root, seed=cfg.demo.seed, token_px=token_px)
 
 
 def _backbone(cfg: DictConfig) -> BackboneConfig:
@@ -281,7 +287,7 @@ def _bench_d_sources(
 
 def run_grounding(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
     """Attention-grounding metrics per supervised layer and fused, per source."""
-    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True), loaded.spec)
     layers = list(cfg.attention.layers)
     probe = AttentionProbe(loaded.model, layers)
     report = Report({}, [], [])
@@ -319,7 +325,7 @@ def run_grounding(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report
 
 def run_visualize(cfg: DictConfig, loaded: LoadedModel, run_dir: Path) -> Report:
     """Heatmap PNGs of chosen samples; with ``task.before`` set, that model's row above this one's."""
-    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True))
+    builder = SampleBuilder(loaded.processor, data_config(cfg, pixel_masks=True), loaded.spec)
     layers, fusion = list(cfg.attention.layers), cfg.attention.fusion
     ids = [str(i) for i in cfg.task.ids] if cfg.task.ids else None
     chosen = [

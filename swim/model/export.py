@@ -1,14 +1,15 @@
-"""Export a trained SWIM model as a stock Hugging Face Qwen2.5-VL folder.
+"""Export a trained SWIM model as a stock Hugging Face folder of its family (Qwen2.5-VL, Qwen2-VL, Qwen3-VL).
 
-SWIM changes only training: the exported folder is a plain ``Qwen2_5_VLForConditionalGeneration``
-checkpoint (``save_pretrained``) and its ``Qwen2_5_VLProcessor``, loadable with ``from_pretrained``
+SWIM changes only training: the exported folder is a plain ``...ForConditionalGeneration``
+checkpoint (``save_pretrained``) and its processor, loadable with ``from_pretrained``
 by anyone, with no ``swim`` import.
 
 The processor is saved for *stock users with raw video*: training resizes frames itself and runs
 the processor with ``do_resize=False``; the export turns resizing back on (``do_resize=True`` for
 images and videos) and sets ``cap_pixels_per_frame=True`` so that a long video's total pixels are
 bounded as in Qwen's reference preprocessing (qwen-vl-utils) and in our training pipeline's total
-budget. Frames come out as multiples of 28 px, the geometry the model was trained on. The run's
+budget. Frames come out as multiples of the family's token side (28 or 32 px), the geometry the
+model was trained on. The run's
 video settings (``data.min_pixels``/``max_pixels`` per frame, ``data.max_frames``, read from the
 run dir's ``.hydra/config.yaml`` next to ``checkpoints/``) become the video processor's ``size``
 and ``num_frames`` (with ``do_sample_frames=True``), so the export sees a video as training did;
@@ -53,7 +54,6 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from transformers import Qwen2_5_VLProcessor
 
 from swim.model.lora import merged_backbone, settings_dict
 from swim.model.module import SwimModule
@@ -63,9 +63,7 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "swim_export.json"
 
 
-def stock_processor(
-    processor: Qwen2_5_VLProcessor, video: Mapping[str, Any] | None = None
-) -> Qwen2_5_VLProcessor:
+def stock_processor(processor: Any, video: Mapping[str, Any] | None = None) -> Any:
     """A copy of the training processor that resizes raw images and videos itself (module docs).
 
     Args:
@@ -225,7 +223,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m swim.model.export CKPT OUT [--overwrite]``."""
     parser = argparse.ArgumentParser(
-        description="Export a SWIM checkpoint as a Hugging Face Qwen2.5-VL folder."
+        description="Export a SWIM checkpoint as a stock Hugging Face folder (model + processor)."
     )
     parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")
     parser.add_argument("out", help="folder to write (model + processor)")

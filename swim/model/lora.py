@@ -4,7 +4,7 @@
 files ``conf/model/peft/<name>.yaml``) or a mapping of :class:`PeftSettings` fields.
 
 Adapters are injected *in place* (``peft.get_peft_model``): the module keeps calling the same
-``Qwen2_5_VLForConditionalGeneration`` object, whose targeted ``nn.Linear`` layers are now
+``...ForConditionalGeneration`` object (any family), whose targeted ``nn.Linear`` layers are now
 ``peft`` LoRA layers. The attention probe needs nothing new: it reads the queries and keys that the
 attention function receives, i.e. the outputs of the LoRA-wrapped projections. Only the language
 model's decoder layers are targeted (a name like ``gate_proj`` also exists in the vision tower's
@@ -167,13 +167,13 @@ def check_peft_compatible(settings: PeftSettings, backbone: BackboneConfig, free
 
 
 def quantized_backbone(cfg: BackboneConfig) -> nn.Module:
-    """A pretrained Qwen2.5-VL in 4-bit NF4 (bitsandbytes) on this process's GPU, ready for QLoRA.
+    """A pretrained backbone (any family) in 4-bit NF4 (bitsandbytes) on this process's GPU, ready for QLoRA.
 
     The vision tower and the LM head stay in ``cfg.dtype``; ``peft.prepare_model_for_kbit_training``
     freezes the base and casts norms to fp32. Needs the ``bitsandbytes`` package (``gpu`` extra).
     """
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import BitsAndBytesConfig
 
     dtype = DTYPES[cfg.dtype]
 
@@ -184,12 +184,11 @@ def quantized_backbone(cfg: BackboneConfig) -> nn.Module:
         bnb_4bit_compute_dtype=dtype,
         llm_int8_skip_modules=["visual", "lm_head"],
     )
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model = cfg.adapter.load_pretrained(
         checkpoint_folder(cfg),
-        dtype=dtype,
-        attn_implementation=cfg.attn_implementation,
+        cfg.attn_implementation,
+        dtype,
         quantization_config=quantization,
         device_map={"": torch.cuda.current_device()},
-        local_files_only=True,
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -1,4 +1,4 @@
-"""The SWIM LightningModule: Qwen2.5-VL fine-tuning with attention supervision.
+"""The SWIM LightningModule: Qwen-VL fine-tuning (any model family) with attention supervision.
 
 One step: the backbone's base model runs with the attention probe armed on the supervised rows;
 the LM head runs only at positions whose next token is labelled; the loss is
@@ -47,8 +47,8 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from swim.data.batch import SwimBatch
-from swim.eval.grounding import GroundingMetrics, update_from_maps
 from swim.losses import attention_mask_loss, composite_loss
+from swim.metrics.grounding import GroundingMetrics, update_from_maps
 from swim.model.backbone import BackboneConfig, build_backbone, load_processor
 from swim.model.lora import (
     Adapters,
@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 
 class SwimModule(LightningModule):
-    """Qwen2.5-VL + attention probe + SWIM loss.
+    """A Qwen-VL backbone (``model.backbone.family``) + attention probe + SWIM loss.
 
     Args:
         backbone: :class:`~swim.model.backbone.BackboneConfig` fields (``conf/model/*.yaml``).

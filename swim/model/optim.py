@@ -17,9 +17,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from swim.model.families import family_of
+from swim.model.families.base import FREEZE_MODES
+
 log = logging.getLogger(__name__)
 
-FREEZE_MODES = ("tower_and_merger", "tower", "none")
 OPTIMIZER_IMPLS = ("auto", "torch", "deepspeed_cpu")
 SCHEDULES = ("cosine", "constant")
 
@@ -88,19 +90,18 @@ class SchedulerConfig:
 
 
 def apply_freeze(model: nn.Module, mode: str) -> None:
-    """Set ``requires_grad`` for a Qwen2.5-VL ``...ForConditionalGeneration`` model.
+    """Set ``requires_grad`` for a ``...ForConditionalGeneration`` model of any family.
 
     ``tower_and_merger`` freezes every parameter under ``model.visual`` (the reference recipe),
-    ``tower`` freezes the vision blocks and patch embedding but trains the patch merger, ``none``
-    trains everything. The language model, embeddings and LM head always train.
+    ``tower`` freezes the vision blocks and patch embedding but trains the mergers (the family
+    adapter names them), ``none`` trains everything. The language model, embeddings and LM head
+    always train.
     """
     if mode not in FREEZE_MODES:
         raise ValueError(f"model.freeze={mode!r}: expected one of {FREEZE_MODES}")
+    family = family_of(model)
     for name, param in model.named_parameters():
-        in_tower = name.startswith("model.visual.")
-        in_merger = name.startswith("model.visual.merger.")
-        frozen = (mode == "tower_and_merger" and in_tower) or (mode == "tower" and in_tower and not in_merger)
-        param.requires_grad_(not frozen)
+        param.requires_grad_(not family.frozen(name, mode))
 
 
 def param_numel(param: nn.Parameter) -> int:

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
-from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 from transformers.utils.generic import is_flash_attention_requested
 
 from swim.data.batch import Supervision
 from swim.losses.fusion import upcast
+from swim.model.families import family_of
 
 PROBE_PREFIX = "swim_probe"
 QUERY_CONVENTIONS = ("predicting", "token")
@@ -46,8 +45,8 @@ class ProbeRequest:
     Attributes:
         row_sample: ``(R,)`` long, batch index of each row.
         row_query: ``(R,)`` long, sequence position of each row's query.
-        key_index: ``(R, K)`` long, sequence positions of the row's sample's visual tokens, padded
-            with 0 up to ``K`` (the largest visual span of the batch's rows).
+        key_index: ``(R, K)`` long, sequence positions of the row's sample's visual tokens
+            (``Supervision.visual_keys``), padded with 0 up to ``K`` (the most keys of the rows).
         key_valid: ``(R, K)`` bool, which entries of ``key_index`` are real.
         causal: softmax over each row's causal keys (what the model computes); ``False``: over the
             whole row, future keys included (the reference code's recomputation).
@@ -91,8 +90,9 @@ def probe_request(
         key_mask: ``(B, L)`` padding mask, needed for non-causal rows of a padded batch.
 
     Returns:
-        A request whose row ``r`` has keys ``visual_start[s] + arange(T*h*w)`` of its sample ``s``
-        (``grid[s] = (T, h, w)``); ``K`` is the largest ``T*h*w`` over the rows (0 without rows).
+        A request whose row ``r`` has the keys ``visual_keys[s]`` of its sample ``s`` (``T*h*w``
+        positions in grid order, ``grid[s] = (T, h, w)``); ``K`` is the most keys of one sample
+        (0 without rows).
     """
     if query is None:
         row_query = supervision.row_query
@@ -103,13 +103,13 @@ def probe_request(
     else:
         raise ValueError(f"loss.query={query!r}: expected one of {QUERY_CONVENTIONS}")
     row_sample = supervision.row_sample
-    starts = supervision.visual_start[row_sample]
-    sizes = supervision.grid[row_sample].prod(dim=-1)
-    no_video = (starts < 0) | (sizes <= 0)
+    table, valid = supervision.key_table()
+    sizes = valid.sum(dim=-1)[row_sample]
+    no_video = sizes <= 0
     if bool(no_video.any()):
         rows = no_video.nonzero().flatten().tolist()
         raise ValueError(
-            f"supervision rows {rows} belong to samples without a video (visual_start -1 or empty grid): "
+            f"supervision rows {rows} belong to samples without a video (no visual keys): "
             "rows need a video to attend to"
         )
     if bool((row_query < 0).any()):
@@ -118,9 +118,8 @@ def probe_request(
             f"supervision rows {rows} have a negative query position (a tag on the first token?)"
         )
     num_keys = int(sizes.max()) if row_sample.numel() else 0
-    offsets = torch.arange(num_keys, device=row_sample.device)
-    key_valid = offsets[None, :] < sizes[:, None]
-    key_index = torch.where(key_valid, starts[:, None] + offsets[None, :], torch.zeros_like(offsets)[None, :])
+    key_index = table[row_sample, :num_keys]
+    key_valid = valid[row_sample, :num_keys]
     return ProbeRequest(
         row_sample=row_sample,
         row_query=row_query,
@@ -248,26 +247,20 @@ def _row_slots(row_sample: Tensor) -> tuple[Tensor, int]:
 
 
 class AttentionProbe:
-    """Captures supervised attention rows of a Qwen2.5-VL language model through transformers' registry.
+    """Captures supervised attention rows of a VLM's language model through transformers' registry.
 
     Args:
-        model: the model; its language model's attention is switched to the probe.
-        layers: decoder layers to capture (indices into the language model's layers).
+        model: a ``...ForConditionalGeneration`` model of any family (``swim/model/families``); its
+            language model's attention is switched to the probe.
+        layers: decoder layers to capture (indices into the language model's layers), validated
+            by the family's adapter.
         keep_heads: keep per-head maps ``(R, heads, K)`` instead of the head average ``(R, K)``.
     """
 
-    def __init__(
-        self, model: Qwen2_5_VLForConditionalGeneration, layers: Sequence[int], *, keep_heads: bool = False
-    ) -> None:
-        language_model = model.model.language_model
-        num_layers = len(language_model.layers)
-        wanted = [int(layer) for layer in layers]
-        bad = [layer for layer in wanted if not 0 <= layer < num_layers]
-        if bad or not wanted or len(set(wanted)) != len(wanted):
-            raise ValueError(
-                f"probe layers {list(layers)}: expected distinct decoder-layer indices in "
-                f"0..{num_layers - 1} (the language model has {num_layers} layers); out of range: {bad}"
-            )
+    def __init__(self, model: nn.Module, layers: Sequence[int], *, keep_heads: bool = False) -> None:
+        family = family_of(model)
+        language_model = family.language_model(model)
+        wanted = family.check_probe_layers(model, layers)
         configs = {id(layer.self_attn.config): layer.self_attn.config for layer in language_model.layers}
         configs[id(language_model.config)] = language_model.config
         if len(configs) != 1:
@@ -282,12 +275,6 @@ class AttentionProbe:
             raise ValueError(
                 f"attention implementation {base!r} has no mask function in AttentionMaskInterface"
             )
-        for layer in wanted:
-            window = language_model.layers[layer].self_attn.sliding_window
-            if window is not None:
-                raise ValueError(
-                    f"probe layer {layer} uses sliding-window attention ({window}); not supported"
-                )
 
         self.layers = wanted
         self.keep_heads = keep_heads
@@ -295,7 +282,7 @@ class AttentionProbe:
         self.name = f"{base}:{PROBE_PREFIX}{next(_probe_ids)}"
         self._decoder_layers = list(language_model.layers)
         self._base_kernel: Callable[..., tuple[Tensor, Tensor | None]] = (
-            ALL_ATTENTION_FUNCTIONS.get_interface(base, eager_attention_forward)
+            ALL_ATTENTION_FUNCTIONS.get_interface(base, family.eager_attention)
         )
         self._kernel_config: object | None = None
         if is_flash_attention_requested(requested_attention_implementation=base):

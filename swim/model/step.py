@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from swim.data.dataset import SKIPPED_PREFIX
 from swim.losses import AttentionLossOutput
 from swim.losses.fusion import upcast
+from swim.model.families import family_of
 
 IGNORE_INDEX = -100
 
@@ -44,21 +45,17 @@ def labelled_cross_entropy(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -
 
 
 def visual_anchor(model: nn.Module, device: torch.device) -> Tensor:
-    """``0 * sum`` of the vision tower's output on a dummy 1x2x2-patch video: a zero that ran the tower.
+    """``0 * sum`` of the vision tower's outputs on a dummy video: a zero that ran the tower.
 
     Args:
-        model: a Qwen2.5-VL ``...ForConditionalGeneration`` model.
+        model: a ``...ForConditionalGeneration`` model of any family (its adapter runs the pass,
+            DeepStack mergers included).
         device: where the batch lives (the dummy video goes there).
 
     Returns:
         A scalar (fp32) equal to 0, attached to the tower's graph when the tower trains.
     """
-    visual = model.model.visual
-    cfg = visual.config
-    patch = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
-    pixels = torch.zeros(4, patch, dtype=visual.dtype, device=device)
-    grid = torch.tensor([[1, 2, 2]], dtype=torch.long, device=device)
-    return visual(pixels, grid_thw=grid).pooler_output.float().sum() * 0.0
+    return family_of(model).dummy_visual_pass(model, device)
 
 
 @dataclass

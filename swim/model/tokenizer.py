@@ -28,29 +28,38 @@ QWEN_SPECIAL_IDS = {
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
+
 # A Qwen2.5-VL-style template written for this project. Each message's content is either a string
-# or a list of parts {"type": "text"|"image"|"video"}; visual parts render as the vision markers
-# around one placeholder token, which the processor expands to the real number of visual tokens.
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] }}"
-    "{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'video' -%}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+# or a list of parts {"type": "text"|"image"|"video"}; visual parts render as one placeholder token
+# (inside the vision markers for Qwen2/2.5-VL), which the processor expands to the real number of
+# visual tokens.
+def _chat_template(video_part: str) -> str:
+    return (
+        "{%- for message in messages -%}"
+        "{%- if loop.first and message['role'] != 'system' -%}"
+        "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+        "{%- endif -%}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{%- if message['content'] is string -%}"
+        "{{ message['content'] }}"
+        "{%- else -%}"
+        "{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{%- elif part['type'] == 'video' -%}{{ '" + video_part + "' }}"
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+        "{{ '<|im_end|>\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    )
+
+
+QWEN2_5_VL_CHAT_TEMPLATE = _chat_template("<|vision_start|><|video_pad|><|vision_end|>")
+# Qwen3-VL's processor brackets each temporal cell with its own markers (after its timestamp), so
+# the video part is the bare placeholder.
+QWEN3_VL_CHAT_TEMPLATE = _chat_template("<|video_pad|>")
 
 
 def tokenizer_dir() -> Path:
@@ -72,8 +81,10 @@ def tokenizer_dir() -> Path:
     return folder
 
 
-def load_qwen_tokenizer(folder: str | Path | None = None) -> PreTrainedTokenizerFast:
-    """The fast Qwen2.5 tokenizer with the project's chat template and checked special ids."""
+def load_qwen_tokenizer(
+    folder: str | Path | None = None, chat_template: str = QWEN2_5_VL_CHAT_TEMPLATE
+) -> PreTrainedTokenizerFast:
+    """The fast Qwen2.5 tokenizer (Qwen3-VL shares its vocabulary) with a chat template and checked ids."""
     folder = Path(folder) if folder is not None else tokenizer_dir()
     tokenizer = Qwen2TokenizerFast(
         tokenizer_file=str(folder / "tokenizer.json"),
@@ -87,6 +98,6 @@ def load_qwen_tokenizer(folder: str | Path | None = None) -> PreTrainedTokenizer
     for token, expected in QWEN_SPECIAL_IDS.items():
         got = tokenizer.convert_tokens_to_ids(token)
         if got != expected:
-            raise ValueError(f"tokenizer in {folder}: {token} has id {got}, Qwen2.5-VL expects {expected}")
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+            raise ValueError(f"tokenizer in {folder}: {token} has id {got}, Qwen-VL expects {expected}")
+    tokenizer.chat_template = chat_template
     return tokenizer

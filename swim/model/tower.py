@@ -1,7 +1,7 @@
 """The same number of vision-tower passes on every rank, at the same point of the forward.
 
 DeepSpeed ZeRO-3 gathers a module's partitioned parameters with collectives in its forward hooks,
-so every rank must run the same modules in the same order. Qwen2.5-VL's forward embeds the tokens,
+so every rank must run the same modules in the same order. A Qwen-VL forward embeds the tokens,
 runs the vision tower once on the batch's images and once on its videos, then runs the language
 model. A rank whose batch lacks one of the two (a text-only batch, or video only while another rank
 has images and videos) would skip tower gathers that the other ranks wait in: a hang, or a gloo
@@ -45,7 +45,7 @@ def balanced_tower_passes(model: nn.Module, batch: SwimBatch) -> Iterator[list[T
     """Run the dummy tower passes that this rank's batch lacks inside the next forward of ``model``.
 
     Args:
-        model: a Qwen2.5-VL ``...ForConditionalGeneration`` model.
+        model: a ``...ForConditionalGeneration`` model of any family.
         batch: the batch the forward inside the block runs on.
 
     Yields:

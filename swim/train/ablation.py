@@ -28,13 +28,14 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from swim.data.datamodule import SwimDataModule
-from swim.eval.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.eval.heads import best_heads, head_mass_in_mask, heads_grounding
+from swim.metrics.grounding import GroundingMetrics, reference_maps, update_from_maps
 from swim.model.backbone import BackboneConfig, load_processor
 from swim.model.module import SwimModule
 from swim.model.structured import to_dataclass
 from swim.train.report import metrics_table
 from swim.train.sweep import collect_jobs, is_headline
+from swim.train.utils import ensure_demo_data
 
 EXPERIMENTS = {"demo_text_only": "text-only", "demo_swim": "SWIM", "demo_reference": "SWIM (reference)"}
 #: The training-free column: the text-only model's best heads.
@@ -113,7 +114,9 @@ def head_baseline(
         job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     module.model.eval()
-    datamodule = SwimDataModule(cfg.data, processor=module.processor)
+    spec = module.backbone_cfg.adapter.spec
+    ensure_demo_data(cfg.data, token_px=spec.token_px)
+    datamodule = SwimDataModule(cfg.data, processor=module.processor, spec=spec)
     datamodule.prepare_data()
     datamodule.setup("fit")
     selection, seen = [], 0
@@ -167,13 +170,14 @@ def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
     """``chance`` and ``oracle`` grounding metrics on the ablation's validation split.
 
     Composes ``conf/train.yaml`` as the SWIM run does (``experiment=demo_swim`` plus ``overrides``)
-    and scores :func:`~swim.eval.grounding.reference_maps` on its validation batches exactly as the
+    and scores :func:`~swim.metrics.grounding.reference_maps` on its validation batches exactly as the
     module scores its fused maps.
     """
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={next(reversed(EXPERIMENTS))}", *overrides])
-    processor = load_processor(to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone"))
-    datamodule = SwimDataModule(cfg.data, processor=processor)
+    backbone = to_dataclass(BackboneConfig, cfg.model.backbone, "model.backbone")
+    ensure_demo_data(cfg.data, token_px=backbone.adapter.spec.token_px)
+    datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
     datamodule.prepare_data()
     datamodule.setup("validate")
     metrics = {"chance": GroundingMetrics(), "oracle": GroundingMetrics()}

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from swim.eval.grounding import grounding_scores
+from swim.metrics.grounding import grounding_scores
 from swim.model.maps import SampleHeatmaps
 from swim.train.heatmaps import HeatmapRow, render_rows
 from swim.train.utils import count_parameters

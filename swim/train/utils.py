@@ -147,8 +147,12 @@ def count_parameters(module: torch.nn.Module) -> dict[str, int]:
     return {"total": trainable + frozen, "trainable": trainable, "frozen": frozen}
 
 
-def ensure_demo_data(data_cfg: DictConfig) -> Path | None:
+def ensure_demo_data(data_cfg: DictConfig, token_px: int = 28) -> Path | None:
     """Generate the synthetic demo dataset if the data config asks for it and it is missing.
+
+    ``token_px`` is the model family's token side (its adapter's ``spec.token_px``): a demo for
+    another side than 28 px lives in ``<demo_dir>_<token_px>px`` (:func:`swim.data.demo.demo_folder`),
+    and ``data_cfg.demo_dir`` is pointed there, so the sources that interpolate it follow.
 
     A data config asks for the demo with ``demo_dir`` (``conf/data/demo.yaml``); real data configs
     have none. Generation shows a rich progress bar; a current demo is reused as is. (The
@@ -161,8 +165,9 @@ def ensure_demo_data(data_cfg: DictConfig) -> Path | None:
     demo_dir = data_cfg.get("demo_dir")
     if not demo_dir:
         return None
-    from swim.data.demo import ensure_demo
+    from swim.data.demo import demo_folder, ensure_demo
 
-    manifest = ensure_demo(demo_dir, progress=True)
+    data_cfg.demo_dir = demo_folder(demo_dir, token_px)
+    manifest = ensure_demo(data_cfg.demo_dir, progress=True, token_px=token_px)
     log.info("Demo dataset: %s", manifest)
     return Path(manifest)

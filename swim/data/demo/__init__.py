@@ -50,7 +50,14 @@ which). Annotated frames include frame 0 in some records and even frames whose o
 annotated in others.
 """
 
-from swim.data.demo.generate import DEMO_VERSION, MANIFEST, DemoParams, ensure_demo, generate_demo
+from swim.data.demo.generate import (
+    DEMO_VERSION,
+    MANIFEST,
+    DemoParams,
+    demo_folder,
+    ensure_demo,
+    generate_demo,
+)
 from swim.data.demo.render import render_scene
 from swim.data.demo.spec import ObjectSpec, SceneSpec
 
@@ -60,6 +67,7 @@ __all__ = [
     "DemoParams",
     "ObjectSpec",
     "SceneSpec",
+    "demo_folder",
     "ensure_demo",
     "generate_demo",
     "render_scene",

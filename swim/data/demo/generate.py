@@ -20,7 +20,7 @@ from rich.progress import Progress
 from swim.data.demo import records
 from swim.data.demo.bench import bench_questions
 from swim.data.demo.encode import write_frame_folder, write_mp4, write_png
-from swim.data.demo.sample import RenderedScene, sample_scene
+from swim.data.demo.sample import BASE_TOKEN_PX, RenderedScene, sample_scene
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _record_rng(rendered: RenderedScene) -> np.random.Generator:
     return np.random.default_rng([rendered.spec.seed, 1])
 
 
-def _train_scene(out: _Output, seed: int, split: str, i: int) -> None:
+def _train_scene(out: _Output, seed: int, split: str, i: int, token_px: int) -> None:
     """Scene ``i`` of ``train``/``val``: a detailed-caption record, and for train scenes either a
     two-object QA record (odd ``i``) or a general QA record (even ``i``).
 
@@ -110,7 +110,9 @@ def _train_scene(out: _Output, seed: int, split: str, i: int) -> None:
     """
     form = D_FORMS[i % len(D_FORMS)]
     shape = ("square", "triangle")[(i // len(D_FORMS)) % 2] if form == "polygon" else None
-    rendered = sample_scene(f"{split}_{i:05d}", scene_seed(seed, split, i), target_shape=shape)
+    rendered = sample_scene(
+        f"{split}_{i:05d}", scene_seed(seed, split, i), target_shape=shape, token_px=token_px
+    )
     rng = _record_rng(rendered)
     video = out.scene(rendered, "mp4")
     file = D_TRAIN if split == "train" else D_VAL
@@ -129,8 +131,8 @@ def _train_scene(out: _Output, seed: int, split: str, i: int) -> None:
         out.add(Q_TRAIN, *built)
 
 
-def _bench_scene(out: _Output, seed: int, i: int) -> None:
-    rendered = sample_scene(f"bench_{i:05d}", scene_seed(seed, "bench", i))
+def _bench_scene(out: _Output, seed: int, i: int, token_px: int) -> None:
+    rendered = sample_scene(f"bench_{i:05d}", scene_seed(seed, "bench", i), token_px=token_px)
     rng = _record_rng(rendered)
     video = out.scene(rendered, "mp4" if i % 2 == 0 else "frames")
     for question in bench_questions(rendered.facts, rendered.spec, rng):
@@ -142,8 +144,8 @@ def _bench_scene(out: _Output, seed: int, i: int) -> None:
     out.add(BENCH_D_NL, nl_refer, meta)
 
 
-def _image_scene(out: _Output, seed: int, i: int) -> None:
-    rendered = sample_scene(f"still_{i:05d}", scene_seed(seed, "image", i), still=True)
+def _image_scene(out: _Output, seed: int, i: int, token_px: int) -> None:
+    rendered = sample_scene(f"still_{i:05d}", scene_seed(seed, "image", i), still=True, token_px=token_px)
     image = out.scene(rendered, "png")
     out.add(LLAVA, *records.general_qa(rendered, image, True, _record_rng(rendered), 1 + i % 2))
 
@@ -181,12 +183,16 @@ def _write_annotations(out: _Output) -> None:
             path.write_text(json.dumps(items))
 
 
-def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, **sizes: int) -> Path:
+def generate_demo(
+    out_dir: str | Path, seed: int = 0, *, progress: bool = True, token_px: int = BASE_TOKEN_PX, **sizes: int
+) -> Path:
     """Generate the demo dataset into ``out_dir`` (its video root), replacing an older one.
 
-    Deterministic per ``seed`` and sizes: same records, masks and pixels.
+    Deterministic per ``seed``, ``token_px`` and sizes: same records, masks and pixels.
 
     Args:
+        token_px: the model family's token side in px (28 Qwen2/2.5-VL, 32 Qwen3-VL): frames and
+            shapes are drawn at multiples of it (:func:`~swim.data.demo.sample.frame_sizes`).
         sizes: :class:`DemoParams` fields (``num_train``, ``num_val``, ``num_bench``,
             ``num_images``); those not given keep its defaults.
 
@@ -213,11 +219,11 @@ def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, 
         task = bar.add_task(f"demo dataset -> {root}", total=len(jobs))
         for split, i in jobs:
             if split == "bench":
-                _bench_scene(out, seed, i)
+                _bench_scene(out, seed, i, token_px)
             elif split == "image":
-                _image_scene(out, seed, i)
+                _image_scene(out, seed, i, token_px)
             else:
-                _train_scene(out, seed, split, i)
+                _train_scene(out, seed, split, i, token_px)
             bar.advance(task)
     _write_annotations(out)
     counts = {file: len(items) for file, items in out.records.items()}
@@ -227,6 +233,7 @@ def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, 
     manifest = {
         "version": DEMO_VERSION,
         "seed": seed,
+        "token_px": token_px,
         "params": asdict(params),
         "counts": counts,
         "files": {
@@ -241,7 +248,7 @@ def generate_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, 
     return root / MANIFEST
 
 
-def _is_current(path: Path, seed: int, params: DemoParams) -> bool:
+def _is_current(path: Path, seed: int, params: DemoParams, token_px: int) -> bool:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -250,6 +257,7 @@ def _is_current(path: Path, seed: int, params: DemoParams) -> bool:
         manifest.get("version") == DEMO_VERSION
         and manifest.get("seed") == seed
         and manifest.get("params") == asdict(params)
+        and manifest.get("token_px", BASE_TOKEN_PX) == token_px
         and all((path.parent / file).is_file() for file in manifest.get("files", {}))
     )
 
@@ -266,14 +274,22 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_demo(out_dir: str | Path, seed: int = 0, *, progress: bool = True, **sizes: int) -> Path:
+def ensure_demo(
+    out_dir: str | Path, seed: int = 0, *, progress: bool = True, token_px: int = BASE_TOKEN_PX, **sizes: int
+) -> Path:
     """Return ``out_dir``'s manifest, generating the dataset first if it is missing, or was made
-    by another version, seed or sizes (:class:`DemoParams` fields, as for :func:`generate_demo`).
-    Safe to call from several processes at once."""
+    by another version, seed, token side or sizes (:class:`DemoParams` fields, as for
+    :func:`generate_demo`). Safe to call from several processes at once."""
     root = Path(out_dir)
     params = DemoParams(**sizes)
     with _locked(root):
-        if _is_current(root / MANIFEST, seed, params):
+        if _is_current(root / MANIFEST, seed, params, token_px):
             return root / MANIFEST
         log.info("demo dataset in %s missing or stale: generating it", root)
-        return generate_demo(root, seed, progress=progress, **sizes)
+        return generate_demo(root, seed, progress=progress, token_px=token_px, **sizes)
+
+
+def demo_folder(demo_dir: str | Path, token_px: int = BASE_TOKEN_PX) -> str:
+    """Where the demo drawn for ``token_px`` lives: ``demo_dir`` itself at 28 px, else a sibling
+    ``<demo_dir>_<token_px>px`` (so families of different geometry never regenerate each other's)."""
+    return str(demo_dir) if token_px == BASE_TOKEN_PX else f"{demo_dir}_{token_px}px"

@@ -31,7 +31,8 @@ from swim.data.demo.spec import (
     SceneSpec,
 )
 
-#: ``(width, height)`` choices; most are multiples of 28 (one visual token = 28x28 px).
+#: ``(width, height)`` choices at 28 px tokens; most are multiples of 28 (one visual token = 28x28 px).
+#: :func:`frame_sizes` scales those to another family's token side (32 px for Qwen3-VL).
 FRAME_SIZES: tuple[tuple[int, int], ...] = (
     (112, 112),
     (168, 112),
@@ -46,6 +47,8 @@ FRAME_SIZES: tuple[tuple[int, int], ...] = (
 )
 MIN_FRAMES, MAX_FRAMES = 8, 16
 MIN_SIZE, MAX_SIZE = 28, 56
+#: The token side the constants above are written for.
+BASE_TOKEN_PX = 28
 STILL_SHARE = 0.15
 CROSSING_SHARE = 0.8
 MAX_TRIES = 200
@@ -76,7 +79,26 @@ def render_and_measure(spec: SceneSpec) -> RenderedScene:
     return RenderedScene(spec, frames, visible, full, scene_facts(spec, visible, full))
 
 
-def sample_scene(name: str, seed: int, still: bool = False, target_shape: str | None = None) -> RenderedScene:
+def frame_sizes(token_px: int = BASE_TOKEN_PX) -> tuple[tuple[int, int], ...]:
+    """:data:`FRAME_SIZES` at ``token_px``: sizes on the 28 px token grid move to the same grid of
+    ``token_px`` tokens; the off-grid sizes stay as they are (they exercise resizing)."""
+
+    def scaled(side: int) -> int:
+        return side // BASE_TOKEN_PX * token_px
+
+    return tuple(
+        (scaled(w), scaled(h)) if w % BASE_TOKEN_PX == 0 and h % BASE_TOKEN_PX == 0 else (w, h)
+        for w, h in FRAME_SIZES
+    )
+
+
+def sample_scene(
+    name: str,
+    seed: int,
+    still: bool = False,
+    target_shape: str | None = None,
+    token_px: int = BASE_TOKEN_PX,
+) -> RenderedScene:
     """Draw a scene deterministically from ``seed``.
 
     Args:
@@ -85,13 +107,15 @@ def sample_scene(name: str, seed: int, still: bool = False, target_shape: str | 
         still: a single frame (for still images).
         target_shape: force the target's shape (``square`` or ``triangle`` so a polygon can
             outline it); the scene then also shows the target unoccluded on at least two frames.
+        token_px: the model family's token side: frame sizes (:func:`frame_sizes`) and shape
+            sizes scale with it; 28 draws exactly the scenes of the 28 px demo.
 
     Raises:
         RuntimeError: no acceptable scene in :data:`MAX_TRIES` draws (does not happen in practice).
     """
     rng = np.random.default_rng(seed)
     for _ in range(MAX_TRIES):
-        rendered = render_and_measure(_draw(rng, name, seed, still, target_shape))
+        rendered = render_and_measure(_draw(rng, name, seed, still, target_shape, token_px))
         outlined = target_shape is None or len(rendered.facts.annotatable(rendered.spec.target, True)) >= 2
         if _acceptable(rendered.facts) and outlined:
             return rendered
@@ -105,8 +129,11 @@ def _acceptable(facts: SceneFacts) -> bool:
     return first_ok and half_ok
 
 
-def _draw(rng: np.random.Generator, name: str, seed: int, still: bool, target_shape: str | None) -> SceneSpec:
-    width, height = FRAME_SIZES[int(rng.integers(len(FRAME_SIZES)))]
+def _draw(
+    rng: np.random.Generator, name: str, seed: int, still: bool, target_shape: str | None, token_px: int
+) -> SceneSpec:
+    sizes_px = frame_sizes(token_px)
+    width, height = sizes_px[int(rng.integers(len(sizes_px)))]
     num_frames = 1 if still else int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
     colours = [str(c) for c in rng.permutation(list(COLOURS))]
     shape = target_shape or SHAPES[int(rng.integers(len(SHAPES)))]
@@ -118,8 +145,9 @@ def _draw(rng: np.random.Generator, name: str, seed: int, still: bool, target_sh
     ]
     if rng.random() < 0.5:
         kinds.append((colours[3], SHAPES[int(rng.integers(len(SHAPES)))]))
-    max_size = min(MAX_SIZE, min(width, height) // 3) // 2 * 2
-    sizes = [2 * int(rng.integers(MIN_SIZE // 2, max_size // 2 + 1)) for _ in kinds]
+    min_size = MIN_SIZE * token_px // BASE_TOKEN_PX // 2 * 2
+    max_size = min(MAX_SIZE * token_px // BASE_TOKEN_PX, min(width, height) // 3) // 2 * 2
+    sizes = [2 * int(rng.integers(min_size // 2, max_size // 2 + 1)) for _ in kinds]
     paths = [_random_path(rng, size, width, height, still) for size in sizes]
     if not still and rng.random() < CROSSING_SHARE:
         crosser = int(rng.integers(1, len(kinds)))

@@ -222,7 +222,7 @@ def update_from_maps(
         The number of pairs added.
     """
     with_pixels = supervision.pixel_masks is not None
-    batch_size = int(supervision.visual_start.numel())
+    batch_size = supervision.batch_size
     if sample_index is None:
         sample_index = torch.arange(batch_size, device=fused.device)
     added = 0
