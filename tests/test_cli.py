@@ -92,8 +92,10 @@ def test_the_predict_prompt_reaches_hydra_whole():
 def test_misspelled_overrides_get_a_did_you_mean_line():
     (hint,) = suggestions(["trainer.max_step=3"], "train")
     assert hint.startswith("trainer.max_step is not a config key: did you mean trainer.max_steps?")
-    (hint,) = suggestions(["model=qwen7b"], "train")
+    (hint,) = suggestions(["model=qwen2_5_7b"], "train")
     assert "did you mean model=qwen2_5_vl_7b?" in hint
+    (hint,) = suggestions(["model=qwen3vl_8b"], "train")
+    assert "did you mean model=qwen3_vl_8b?" in hint
     (hint,) = suggestions(shlex.split('input.prompt="Describe the <ins>dog</ins>."'), "eval")
     assert """'input.prompt="Describe the <ins>dog</ins>."'""" in hint
     assert suggestions(["loss.mask_weight=0", "+extra=1", "experiment=swim_7b"], "train") == []
