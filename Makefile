@@ -44,8 +44,9 @@ format: setup
 clean:
 	rm -rf logs .cache .pytest_cache .ruff_cache
 
-# Text-only vs SWIM on the synthetic demo (CPU, about 8 minutes a seed); prints both runs' validation
-# grounding side by side with chance and oracle. Several seeds and Hydra overrides for both runs:
-# `make demo-ablation ARGS="trainer.max_steps=600 --seeds 42 1 2"`.
+# Text-only vs SWIM (ours and reference-exact) on the synthetic demo (CPU, three trainings of about
+# 5 minutes a seed); prints the runs' validation grounding side by side with chance, the best-heads
+# baseline and oracle. Several seeds and Hydra overrides for every run:
+# `make demo-ablation ARGS="trainer.max_epochs=2 --seeds 42 1 2"`.
 demo-ablation: setup
 	$(PY) -m swim.train.ablation $(ARGS)
