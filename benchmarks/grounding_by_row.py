@@ -8,7 +8,7 @@ prompt) is ``seen``; a first mention is ``unseen``. This script loads each finis
 (its ``checkpoints/last.ckpt`` and its overrides), runs its validation split (or the first
 ``--limit`` samples of its training split) once, and scores the fused maps of each subset of rows
 exactly as the module scores all of them
-(:class:`~swim.eval.grounding.GroundingMetrics`: mean over pairs, then over samples).
+(:class:`~swim.metrics.grounding.GroundingMetrics`: mean over pairs, then over samples).
 
 Subsets: ``all`` (the module's ``val/pointing_game``); ``seen`` / ``unseen``; ``first`` / ``later``
 (the phrase's first tagged token's row vs the others').
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from swim.data.batch import Supervision, SwimBatch
 from swim.data.datamodule import SwimDataModule
-from swim.eval.grounding import GroundingMetrics, update_from_maps
+from swim.metrics.grounding import GroundingMetrics, update_from_maps
 from swim.model.module import SwimModule
 from swim.train.sweep import collect_jobs
 
