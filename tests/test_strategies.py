@@ -68,7 +68,11 @@ def test_deepspeed_options_compose_to_the_recipe_and_need_the_package(name: str,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["model.peft=lora"]], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["model.peft=lora"], ["data.max_tokens_per_batch=1024"]],
+    ids=["full", "lora", "token_budget"],
+)
 def test_ddp_trains_two_gloo_processes_on_cpu(
     train_demo: Path, records_cache: Path, tmp_path: Path, extra: list[str]
 ):

@@ -7,6 +7,15 @@ in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and restores i
 resumed epoch starts, so ``ckpt_path=...`` continues mid-epoch with the next unseen batch. The
 sampler subclasses ``DistributedSampler``, so Lightning keeps it under DDP instead of wrapping it;
 each rank draws its share of the same permutation.
+
+With ``data.max_tokens_per_batch`` set, the training loader yields token-budget batches instead
+(``swim.data.budget``): the :class:`~swim.data.budget.TokenBudgetSampler`, also a
+``DistributedSampler``, is the loader's ``sampler`` with ``batch_size=None`` and yields whole
+batches of indices, so Lightning neither wraps it nor needs to inject a sampler into a batch
+sampler. Each training sample's length is computed from its record at setup
+(``swim.data.lengths``: exact, cached next to the records cache); a sample longer than the budget
+alone is an error naming the record with ``data.strict``, else left out of the sampler and
+counted in the split's report as ``over_token_budget``.
 """
 
 from __future__ import annotations
@@ -18,11 +27,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
+from swim.data.budget import BatchView, TokenBudgetSampler
 from swim.data.collate import collate
 from swim.data.dataset import SwimDataset
+from swim.data.lengths import mixture_lengths
 from swim.data.mixture import Mixture, build_mixture, source_configs
 from swim.data.sample import DataConfig, SampleBuilder
 from swim.data.spec import VisualSpec
@@ -71,7 +83,8 @@ class ResumableDataLoader(DataLoader):
 
     Works with any number of workers: batches are counted in the main process as they are yielded
     (Lightning fetches sized loaders without look-ahead). Its sampler must be an
-    :class:`EpochShuffleSampler`.
+    :class:`EpochShuffleSampler`, or a :class:`~swim.data.budget.TokenBudgetSampler` with
+    ``batch_size=None`` (each sampler item is a batch).
     """
 
     _epoch = 0
@@ -80,7 +93,7 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         sampler = self.sampler
-        if not isinstance(sampler, EpochShuffleSampler):
+        if not isinstance(sampler, (EpochShuffleSampler, TokenBudgetSampler)):
             yield from super().__iter__()
             return
         self._epoch, self._batches = sampler.epoch, 0
@@ -98,7 +111,7 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
         """Resume at batch ``batches`` of epoch ``epoch`` on the next iteration over that epoch."""
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-        if isinstance(self.sampler, EpochShuffleSampler):
+        if isinstance(self.sampler, (EpochShuffleSampler, TokenBudgetSampler)):
             self.sampler.set_epoch(self._resume["epoch"])
 
 
@@ -118,6 +131,12 @@ class LoaderConfig:
             it there first (``swim.data.demo.ensure_demo``). Not used by the datamodule itself.
         root: base folder that source paths may interpolate (informational).
         dedupe: keep only the first copy of exact duplicate records (counted and reported either way).
+        max_tokens_per_batch: ``None``: training batches of ``batch_size`` samples; else token-budget
+            training batches of similar-length samples with ``len(batch) * max_len`` at most this
+            (``swim.data.budget``; ``batch_size`` then only sets the val and bench batch size
+            unless ``val_batch_size`` does).
+        bucket_ratio: width of the length buckets of token-budget batches: lengths within one
+            bucket differ by less than this factor (> 1).
     """
 
     batch_size: int = 1
@@ -130,6 +149,14 @@ class LoaderConfig:
     demo_dir: str | None = None
     root: str | None = None
     dedupe: bool = False
+    max_tokens_per_batch: int | None = None
+    bucket_ratio: float = 1.25
+
+    def __post_init__(self) -> None:
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
+            raise ValueError(f"data.max_tokens_per_batch={self.max_tokens_per_batch}: expected >= 1 or null")
+        if self.bucket_ratio <= 1:
+            raise ValueError(f"data.bucket_ratio={self.bucket_ratio}: expected > 1")
 
 
 class SwimDataModule(pl.LightningDataModule):
@@ -166,11 +193,18 @@ class SwimDataModule(pl.LightningDataModule):
         self.mixtures: dict[str, Mixture] = {}
         self.datasets: dict[str, SwimDataset] = {}
         self.report: dict[str, list[dict[str, Any]]] = {}
+        self.train_lengths: np.ndarray | None = None
+        self.budget_counted = False
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the mixtures the stage needs (all configured splits for ``stage=None``), once each."""
+        """Build the mixtures the stage needs (all configured splits for ``stage=None``), once each.
+
+        With a token budget, also the training samples' lengths (and the check of the budget).
+        """
         for split in STAGE_SPLITS.get(stage or "", SPLITS):
             self._ensure(split)
+        if "train" in self.datasets and self.loader_cfg.max_tokens_per_batch is not None:
+            self._budget_indices()
 
     def _ensure(self, split: str) -> SwimDataset | None:
         if split in self.datasets:
@@ -204,6 +238,55 @@ class SwimDataModule(pl.LightningDataModule):
         self.datasets[split] = SwimDataset(mixture, self.builder, strict=self.data_cfg.strict)
         return self.datasets[split]
 
+    def _budget_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` lengths of the training samples and the positions within the token budget.
+
+        Raises:
+            ValueError: with ``data.strict``, a sample longer than the budget, naming its record.
+        """
+        if self.train_lengths is None:
+            self.train_lengths = mixture_lengths(
+                self.mixtures["train"], self.builder, strict=self.data_cfg.strict
+            )
+        budget = self.loader_cfg.max_tokens_per_batch
+        assert budget is not None
+        lengths, mixture = self.train_lengths, self.mixtures["train"]
+        over = np.flatnonzero(lengths > budget)
+        if len(over) and (self.data_cfg.strict or len(over) == len(lengths)):
+            record = mixture[int(over[0])]
+            raise ValueError(
+                f"{record.file}: record {record.index}: {int(lengths[over[0]])} tokens exceed "
+                f"data.max_tokens_per_batch={budget} ({len(over)} of {len(lengths)} training samples do); "
+                "raise the budget or lower data.max_frames / data.max_pixels"
+            )
+        if len(over) and not self.budget_counted:
+            self.budget_counted = True
+            self._count_over_budget(over, lengths, budget)
+        return lengths, np.flatnonzero(lengths <= budget)
+
+    def _count_over_budget(self, over: np.ndarray, lengths: np.ndarray, budget: int) -> None:
+        """Log the samples left out for the budget and count them in the train split's report."""
+        mixture = self.mixtures["train"]
+        by_name = {r["name"]: r for r in self.report["train"]}
+        for i in over.tolist():
+            entry = by_name[mixture.source_of(i)]
+            entry["kept"] -= 1
+            entry["rejected"]["over_token_budget"] = entry["rejected"].get("over_token_budget", 0) + 1
+            examples = entry["examples"].setdefault("over_token_budget", [])
+            if len(examples) < 3:
+                record = mixture[i]
+                examples.append(
+                    f"{record.file}: record {record.index}: {int(lengths[i])} tokens exceed "
+                    f"data.max_tokens_per_batch={budget}"
+                )
+        log.warning(
+            "data.train: %d of %d samples exceed data.max_tokens_per_batch=%d and are left out (first: %s)",
+            len(over),
+            len(lengths),
+            budget,
+            by_name[mixture.source_of(int(over[0]))]["examples"]["over_token_budget"][0],
+        )
+
     def _loader_kwargs(self) -> dict[str, Any]:
         cfg = self.loader_cfg
         return {
@@ -216,12 +299,26 @@ class SwimDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         dataset = self._require("train")
         trainer = self.trainer
-        sampler = EpochShuffleSampler(
-            dataset,
-            seed=self.loader_cfg.seed,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-        )
+        ranks = {
+            "num_replicas": trainer.world_size if trainer is not None else 1,
+            "rank": trainer.global_rank if trainer is not None else 0,
+        }
+        budget = self.loader_cfg.max_tokens_per_batch
+        if budget is not None:
+            lengths, indices = self._budget_indices()
+            batches = TokenBudgetSampler(
+                dataset,
+                lengths,
+                max_tokens=budget,
+                seed=self.loader_cfg.seed,
+                bucket_ratio=self.loader_cfg.bucket_ratio,
+                indices=indices,
+                **ranks,
+            )
+            return ResumableDataLoader(
+                BatchView(dataset), batch_size=None, sampler=batches, **self._loader_kwargs()
+            )
+        sampler = EpochShuffleSampler(dataset, seed=self.loader_cfg.seed, **ranks)
         return ResumableDataLoader(
             dataset, batch_size=self.loader_cfg.batch_size, sampler=sampler, **self._loader_kwargs()
         )

@@ -134,6 +134,10 @@ class Mixture(Sequence[Record]):
         """The name of the source that mixture index ``i`` belongs to."""
         return self._sources[bisect_right(self._ends, int(i) % len(self))].config.name
 
+    def cache_rows(self) -> list[tuple[Path, range | np.ndarray]]:
+        """Per source, in mixture order: its records cache folder and its rows there (``(K,)``)."""
+        return [(s.store.folder, s.rows) for s in self._sources]
+
     def sample_weights(self) -> np.ndarray:
         """``(len,)`` float64: each record's source weight, for a ``WeightedRandomSampler``."""
         return np.concatenate(
