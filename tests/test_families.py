@@ -108,3 +108,27 @@ def test_demo_training_run_and_stock_export(
     assert (patches_h * adapter.spec.patch_size) % px == 0 and (patches_w * adapter.spec.patch_size) % px == 0
     generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert generated.shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_evaluate_tasks_run_on_each_family(
+    family: str, eval_demo: Path, eval_cache: Path, tmp_path: Path
+) -> None:
+    """``evaluate.py``'s grounding and bench_q tasks on ``model=tiny_<family>`` (the 28 px eval demo's
+    frames are resized to the family's token side by the pipeline)."""
+    from eval_fixtures import compose_eval
+
+    from swim.eval.results import read_jsonl
+    from swim.eval.tasks import run
+
+    model = f"model=tiny_{family}"
+    path = eval_demo / "annotations" / "val_nl_refer_d.json"
+    val = f"task.sources=[{{name: val, path: {path}, video_root: {eval_demo}}}]"
+    report = run(compose_eval(eval_demo, eval_cache, "task=grounding", val, model), tmp_path / "grounding")
+    rows = read_jsonl(tmp_path / "grounding" / "grounding" / "val.jsonl")
+    assert len(rows) == 2 and all(row["pairs"] > 0 for row in rows)
+    assert report.metrics["val/grounding/samples"] == 2
+    bench = ["task=bench_q", "generation.batch_size=2", "task.max_new_tokens=4", "limit=2", model]
+    report = run(compose_eval(eval_demo, eval_cache, *bench), tmp_path / "bench")
+    assert len(read_jsonl(tmp_path / "bench" / "bench_q" / "bench_q.jsonl")) == 2

@@ -142,7 +142,7 @@ def fit_resolution(
         num_frames: the number of sampled frames (the total budget is shared among them).
         min_pixels, max_pixels: per-frame bounds (Qwen2.5-VL video defaults: 128 and 768 tokens).
         total_pixels: pixel budget of the whole video.
-        factor: the side multiple, 28 for Qwen2.5-VL.
+        factor: the side multiple, the family's token side (28 Qwen2/2.5-VL, 32 Qwen3-VL).
 
     Returns:
         ``(resized_height, resized_width)``, both multiples of ``factor``.

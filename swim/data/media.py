@@ -1,4 +1,4 @@
-"""A record's visual input as the model sees it: sampled frames, resized to multiples of 28 px.
+"""A record's visual input as the model sees it: sampled frames, resized to multiples of the token side.
 
 A video's frames are chosen as in METHOD.md section 2 (every annotated frame kept, the rest
 uniform, an even count: :func:`~swim.data.frames.sample_frame_indices`) and resized Qwen-style

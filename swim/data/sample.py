@@ -47,7 +47,8 @@ class Sample:
     Attributes:
         id: the record's id.
         input_ids, attention_mask, labels, mm_token_type_ids: ``(L,)`` long.
-        pixel_values_videos: ``(P, 1176)`` float patches, ``video_grid_thw`` ``(1, 3)`` long,
+        pixel_values_videos: ``(P, 3*2*p*p)`` float patches (``p`` the patch size: 14, or 16 for
+            Qwen3-VL), ``video_grid_thw`` ``(1, 3)`` long,
             ``second_per_grid_ts`` ``(1,)`` float (``None`` for a family without it); all ``None``
             without video.
         pixel_values: ``(P, 1176)`` float image patches, ``image_grid_thw`` ``(1, 3)``; ``None`` without.

@@ -117,15 +117,16 @@ def prompt_rows(
     num_visual = grid[0] * grid[1] * grid[2]
     expanded = inputs["input_ids"][0]
     pad_id = processor.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
-    if expanded.numel() != len(ids) + num_visual - 1 or not bool(
-        (expanded[pad_index : pad_index + num_visual] == pad_id).all()
-    ):
+    # The placeholder expands to a block (one run, or Qwen3-VL's timestamped runs); keys by token id.
+    block = expanded.numel() - len(ids) + 1
+    keys = (expanded == pad_id).nonzero().flatten()
+    if keys.numel() != num_visual or not bool((keys >= pad_index).all() & (keys < pad_index + block).all()):
         raise RuntimeError("the processor's expansion of the video placeholder differs from the token grid")
     positions, row_phrase = [], []
     for number, tag in enumerate(chat.tags):
         first, last = char_span_tokens(offsets, tag.start, tag.end)
         for token in range(first, last):
-            positions.append(token if token < pad_index else token + num_visual - 1)
+            positions.append(token if token < pad_index else token + block - 1)
             row_phrase.append(number)
     token = torch.tensor(positions, dtype=torch.long)
     row_query = token - 1 if query == "predicting" else token
@@ -133,7 +134,7 @@ def prompt_rows(
     request = ProbeRequest(
         row_sample=torch.zeros(num_rows, dtype=torch.long),
         row_query=row_query,
-        key_index=(pad_index + torch.arange(num_visual)).expand(num_rows, num_visual).clone(),
+        key_index=keys.expand(num_rows, num_visual).clone(),
         key_valid=torch.ones(num_rows, num_visual, dtype=torch.bool),
     )
     return PromptRows(

@@ -89,6 +89,7 @@ def generate_records(
                             annotation=record.annotation,
                             file=record.file,
                             index=record.index,
+                            factor=loaded.spec.token_px,
                         )
                 except SampleError as error:
                     skip_failed(out, record.id, error, stats.failed, strict=strict)

@@ -148,7 +148,7 @@ def predict(
         SampleError: the video cannot be read (``input.video``).
         ValueError: ``heatmaps`` is set but the prompt has no tag.
     """
-    clip = load_video_clip(video, data, file="input.video", index=0)
+    clip = load_video_clip(video, data, file="input.video", index=0, factor=loaded.spec.token_px)
     answer = generate(
         loaded.model,
         loaded.processor,
