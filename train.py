@@ -37,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from swim.data.datamodule import SwimDataModule
     from swim.model.backbone import load_processor
     from swim.model.families import DEFAULT_FAMILY, get_family
+    from swim.model.packing import mrope_of
     from swim.train.callbacks import LastValidationStep, RunInfoLogger
     from swim.train.checkpoints import (
         PreemptionCheckpoint,
@@ -75,7 +76,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # torch.load(weights_only=True) when a run resumes.
     module = hydra.utils.instantiate(cfg.model, loss=cfg.loss, _recursive_=False, _convert_="all")
     backbone = module.backbone_cfg
-    datamodule = SwimDataModule(cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec)
+    rope = mrope_of(backbone) if cfg.data.get("packing") else None
+    datamodule = SwimDataModule(
+        cfg.data, processor=load_processor(backbone), spec=backbone.adapter.spec, rope=rope
+    )
 
     run_info = RunInfoLogger(loggable_config(cfg))
     last_validation = LastValidationStep()

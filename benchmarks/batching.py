@@ -11,7 +11,10 @@ same samples in a fresh subprocess:
 - ``budget``: ``data.max_tokens_per_batch=--max-tokens`` (``swim.data.budget``, length buckets);
 - ``fixed``: ``data.batch_size=B`` shuffled batches (today's default), ``B`` the budget mode's mean
   real tokens per batch over the mean sample length, so both train on the same real tokens per
-  step on average.
+  step on average;
+- ``packed``: ``data.packing=true`` with the same ``data.max_tokens_per_batch`` (``swim.data.packing``:
+  first-fit rows of at most that many tokens, no padding), the same bound on tokens per step as
+  ``budget``, all of them real.
 
 All batches of the epoch are built first (data loading is not timed); then the tiny SWIM module
 (``conf/model/tiny.yaml``, probe on layers 1-3, CE + mask BCE, AdamW) runs forward, backward and an
@@ -19,8 +22,8 @@ optimiser step on each after one warm-up batch. Reported per mode: optimiser ste
 padded tokens per step, the fraction of padding tokens, training tokens/s (real tokens over the
 summed step time) and peak memory (CPU: the process's max RSS; CUDA:
 ``torch.cuda.max_memory_allocated``) with ``extra``, its part above the memory in use before the
-first timed step (activations, gradients, optimiser states); then budget/fixed ratios. A packed
-mode would be one more entry of :data:`MODES`.
+first timed step (activations, gradients, optimiser states); then budget/fixed and packed/fixed
+ratios.
 
     nice -n 19 .venv/bin/python benchmarks/batching.py [--max-tokens 8192] [--device cuda]
 """
@@ -47,9 +50,10 @@ from swim.data.datamodule import SwimDataModule
 from swim.data.demo import generate_demo
 from swim.data.lengths import record_lengths
 from swim.model.module import SwimModule
+from swim.model.packing import mrope_of
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("fixed", "budget")
+MODES = ("fixed", "budget", "packed")
 TOKEN_PX = 28 * 28
 
 
@@ -93,7 +97,8 @@ def worker(cfg: dict[str, Any], device_name: str) -> dict[str, float]:
         backbone={"kind": "tiny"}, loss={"layers": [1, 2, 3]}, optimizer={"lr": 1e-4}, scheduler={}
     )
     module.configure_model()
-    dm = SwimDataModule(cfg, module.processor)
+    rope = mrope_of(module.backbone_cfg) if cfg.get("packing") else None
+    dm = SwimDataModule(cfg, module.processor, rope=rope)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     device = torch.device(device_name)
@@ -167,7 +172,9 @@ def main() -> None:
         lengths = mixture_lengths(budget_cfg)
         batch_size = max(1, round(budget["real"] / budget["steps"] / float(lengths.mean())))
         fixed = run_mode(data_config(demo, cache, args, batch_size=batch_size), args.device)
-    report({"fixed": fixed, "budget": budget}, lengths, batch_size, args)
+        packed_cfg = data_config(demo, cache, args, max_tokens_per_batch=args.max_tokens, packing=True)
+        packed = run_mode(packed_cfg, args.device)
+    report({"fixed": fixed, "budget": budget, "packed": packed}, lengths, batch_size, args)
 
 
 def mixture_lengths(cfg: dict[str, Any]) -> np.ndarray:
@@ -187,7 +194,7 @@ def report(results: dict[str, dict[str, float]], lengths: np.ndarray, batch_size
         f"mean {lengths.mean():.0f}); fixed: batch_size={batch_size}; budget: "
         f"max_tokens_per_batch={args.max_tokens}, bucket_ratio={args.bucket_ratio}; {args.device}"
     )
-    table = Table(title="padded fixed batches vs token-budget batches, one epoch, tiny SWIM model")
+    table = Table(title="fixed vs token-budget vs packed batches, one epoch, tiny SWIM model")
     columns = ("mode", "steps", "real tok/step", "padded tok/step", "largest batch", "padding")
     for column in (*columns, "tokens/s", "peak GB", "extra GB"):
         table.add_column(column, justify="right")
@@ -205,14 +212,18 @@ def report(results: dict[str, dict[str, float]], lengths: np.ndarray, batch_size
             f"{r['extra_gb']:.2f}",
         )
     console.print(table)
-    b, f = results["budget"], results["fixed"]
+    f = results["fixed"]
     fixed_padding = 1 - f["real"] / f["padded"]
-    padding = f"{(1 - b['real'] / b['padded']) / fixed_padding:.2f}" if fixed_padding else "n/a (no padding)"
-    console.print(
-        f"budget/fixed: padding fraction {padding}, "
-        f"tokens/s {(b['real'] / b['seconds']) / (f['real'] / f['seconds']):.2f}, "
-        f"peak memory {b['peak_gb'] / f['peak_gb']:.2f}, extra memory {b['extra_gb'] / f['extra_gb']:.2f}"
-    )
+    for mode in ("budget", "packed"):
+        b = results[mode]
+        padding = (
+            f"{(1 - b['real'] / b['padded']) / fixed_padding:.2f}" if fixed_padding else "n/a (no padding)"
+        )
+        console.print(
+            f"{mode}/fixed: padding fraction {padding}, "
+            f"tokens/s {(b['real'] / b['seconds']) / (f['real'] / f['seconds']):.2f}, "
+            f"peak memory {b['peak_gb'] / f['peak_gb']:.2f}, extra memory {b['extra_gb'] / f['extra_gb']:.2f}"
+        )
 
 
 if __name__ == "__main__":

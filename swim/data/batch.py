@@ -79,6 +79,12 @@ class Supervision:
         pixel_masks: ``N`` tensors ``(T, H, W)`` float in {0, 1} at the resized frame resolution
             (the video's own with ``data.mask_resolution=original``), or ``None`` when the data
             config does not ask for pixel masks.
+        sample_row: ``(B,)`` long, the row of ``input_ids`` holding each sample in a packed batch
+            (several samples per row); ``None``: sample ``b`` is row ``b`` (a padded batch). Every
+            other position above (``row_query``, ``row_token``, ``visual_keys``) is a column of the
+            sample's row, already shifted by the sample's offset in it.
+        sample_offset: ``(B,)`` long, the column where each sample starts in its row (packed only).
+        sample_length: ``(B,)`` long, each sample's token count (packed only).
     """
 
     row_sample: Tensor
@@ -92,6 +98,9 @@ class Supervision:
     cell_masks: list[Tensor]
     cell_valid: list[Tensor]
     pixel_masks: list[Tensor] | None = None
+    sample_row: Tensor | None = None
+    sample_offset: Tensor | None = None
+    sample_length: Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -153,10 +162,11 @@ class Supervision:
         return self.apply(Tensor.pin_memory)
 
 
-# Keys of the processor's outputs that the Hugging Face forward takes.
+# Keys of the processor's outputs (and the packed position ids) that the Hugging Face forward takes.
 MODEL_INPUT_KEYS = (
     "input_ids",
     "attention_mask",
+    "position_ids",
     "mm_token_type_ids",
     "pixel_values_videos",
     "video_grid_thw",
@@ -187,6 +197,12 @@ class SwimBatch:
             1, "tag_dropped/no_instance": 2}``; the module sums them over training and logs them.
         placeholder: every record of the batch was skipped: the tensors are one pad token with no
             label and no row (``B = 1``, ``sample_ids`` empty), to be stepped over, never trained on.
+        position_ids: ``(4, B, L)`` long for a packed batch (``swim.data.packing``), else ``None``:
+            row 0 the text positions, restarting at 0 with every sample (transformers derives
+            FlashAttention-2's ``cu_seq_lens`` and the block-causal SDPA / eager mask from it),
+            rows 1-3 each sample's own MRoPE temporal / height / width positions. A packed batch
+            has no padding; its ``attention_mask`` (all ones) is kept for counting but not passed
+            to the model, which detects packing only without one.
     """
 
     input_ids: Tensor
@@ -202,14 +218,22 @@ class SwimBatch:
     sample_ids: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     placeholder: bool = False
+    position_ids: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def packed(self) -> bool:
+        """Several samples per row (``position_ids`` set)."""
+        return self.position_ids is not None
+
     def model_inputs(self) -> dict[str, Tensor]:
-        """The keyword arguments of the backbone's ``forward`` (no labels)."""
+        """The keyword arguments of the backbone's ``forward`` (no labels; no mask when packed)."""
         inputs = {key: getattr(self, key) for key in MODEL_INPUT_KEYS}
+        if self.packed:
+            inputs["attention_mask"] = None
         return {key: value for key, value in inputs.items() if value is not None}
 
     def apply(self, fn: Callable[[Tensor], Tensor]) -> SwimBatch:

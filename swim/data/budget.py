@@ -14,8 +14,14 @@ number of batches: Lightning's ``len(train_dataloader)`` and ``trainer.estimated
 repeating its first ones to a multiple of the world size, and rank ``r`` takes batches ``r, r + W,
 ...``: equal batch counts per rank, so no rank waits for another at the end of an epoch.
 
-:func:`padded_batches` (lengths + an order -> batches under the budget) is the batching step;
-a packed mode would put a first-fit packer beside it over the same :func:`epoch_order`.
+:func:`padded_batches` (lengths + an order -> batches under the budget) is the batching step.
+
+Packing (``data.packing=true``, :func:`packed_batches`): the samples are instead packed first-fit
+into rows of at most ``max_tokens`` real tokens (one row per batch, no padding;
+``swim.data.packing`` collates them). First-fit runs once, over the buckets longest first with each
+bucket's members shuffled by ``seed`` (so it is near first-fit-decreasing), which fixes the rows
+and their number for every epoch; each epoch then shuffles the rows' order as above. Resuming
+and DDP work exactly as for padded batches.
 """
 
 from __future__ import annotations
@@ -63,6 +69,38 @@ def padded_batches(lengths: np.ndarray, order: np.ndarray, max_tokens: int) -> l
     return [order[i : i + size].tolist() for i in range(0, len(order), size)]
 
 
+def packed_batches(lengths: np.ndarray, order: np.ndarray, max_tokens: int) -> list[list[int]]:
+    """First-fit packing of ``order`` into rows of at most ``max_tokens`` summed tokens.
+
+    Args:
+        lengths: ``(N,)`` token lengths of all samples.
+        order: ``(K,)`` indices into ``lengths`` in the order they are placed: each goes into the
+            first row (in creation order) with room for it, else opens a new row.
+        max_tokens: the tokens of one packed row.
+
+    Returns:
+        Rows of indices, each in placement order with ``sum(lengths[row]) <= max_tokens``.
+
+    Raises:
+        ValueError: a sample longer than ``max_tokens`` alone.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in order.tolist():
+        length = int(lengths[index])
+        if length > max_tokens:
+            raise ValueError(f"a sample of {length} tokens exceeds data.max_tokens_per_batch={max_tokens}")
+        for r, free in enumerate(room):
+            if length <= free:
+                rows[r].append(index)
+                room[r] -= length
+                break
+        else:
+            rows.append([index])
+            room.append(max_tokens - length)
+    return rows
+
+
 def epoch_order(buckets: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Each bucket's members among ``indices`` (``(K,)``), shuffled by ``rng``, buckets ascending."""
     shuffled = indices[rng.permutation(len(indices))]
@@ -88,6 +126,8 @@ class TokenBudgetSampler(DistributedSampler):
         bucket_ratio: the geometric bucket width (> 1).
         indices: the dataset positions to draw from (default all); none may exceed ``max_tokens``.
         num_replicas, rank: the DDP world size and this process's rank.
+        packing: pack samples first-fit into rows of ``max_tokens`` summed tokens
+            (:func:`packed_batches`) instead of padded batches.
     """
 
     def __init__(
@@ -101,6 +141,7 @@ class TokenBudgetSampler(DistributedSampler):
         indices: Sequence[int] | np.ndarray | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        packing: bool = False,
     ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         if len(lengths) != len(dataset):
@@ -120,8 +161,15 @@ class TokenBudgetSampler(DistributedSampler):
         self.max_tokens = max_tokens
         self.buckets = length_buckets(self.lengths, bucket_ratio)
         self.start = 0
-        groups = epoch_order(self.buckets, self.indices, np.random.default_rng(0))
-        total = sum(len(padded_batches(self.lengths, g, max_tokens)) for g in groups)
+        self.packed_rows: list[list[int]] | None = None
+        if packing:
+            groups = epoch_order(self.buckets, self.indices, np.random.default_rng([seed]))
+            longest_first = np.concatenate(groups[::-1])
+            self.packed_rows = packed_batches(self.lengths, longest_first, max_tokens)
+            total = len(self.packed_rows)
+        else:
+            groups = epoch_order(self.buckets, self.indices, np.random.default_rng(0))
+            total = sum(len(padded_batches(self.lengths, g, max_tokens)) for g in groups)
         self.num_batches = math.ceil(total / num_replicas)
 
     def __len__(self) -> int:
@@ -130,11 +178,14 @@ class TokenBudgetSampler(DistributedSampler):
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """Every rank's batches of ``epoch`` in order, padded to ``num_replicas * len(self)``."""
         rng = np.random.default_rng([self.seed, epoch])
-        batches = [
-            batch
-            for group in epoch_order(self.buckets, self.indices, rng)
-            for batch in padded_batches(self.lengths, group, self.max_tokens)
-        ]
+        if self.packed_rows is not None:
+            batches = [list(row) for row in self.packed_rows]
+        else:
+            batches = [
+                batch
+                for group in epoch_order(self.buckets, self.indices, rng)
+                for batch in padded_batches(self.lengths, group, self.max_tokens)
+            ]
         batches = [batches[i] for i in rng.permutation(len(batches))]
         missing = self.num_batches * self.num_replicas - len(batches)
         return batches + [batches[i % len(batches)] for i in range(missing)]

@@ -16,6 +16,11 @@ sampler. Each training sample's length is computed from its record at setup
 (``swim.data.lengths``: exact, cached next to the records cache); a sample longer than the budget
 alone is an error naming the record with ``data.strict``, else left out of the sampler and
 counted in the split's report as ``over_token_budget``.
+
+With ``data.packing=true`` as well, the same sampler packs samples first-fit into single rows of at
+most ``max_tokens_per_batch`` tokens and the training collator is
+:func:`~swim.data.packing.collate_packed` (no padding; the model sees block-causal sequences).
+Validation and bench loaders stay padded.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Mapping, Sized
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -36,6 +41,8 @@ from swim.data.collate import collate
 from swim.data.dataset import SwimDataset
 from swim.data.lengths import mixture_lengths
 from swim.data.mixture import Mixture, build_mixture, source_configs
+from swim.data.packing import collate_packed
+from swim.data.positions import MRope
 from swim.data.sample import DataConfig, SampleBuilder
 from swim.data.spec import VisualSpec
 
@@ -137,6 +144,9 @@ class LoaderConfig:
             unless ``val_batch_size`` does).
         bucket_ratio: width of the length buckets of token-budget batches: lengths within one
             bucket differ by less than this factor (> 1).
+        packing: pack training samples first-fit into one row of at most ``max_tokens_per_batch``
+            tokens per batch, without padding (``swim.data.packing``); with
+            ``max_tokens_per_batch=None`` a row holds up to ``data.max_length`` tokens.
     """
 
     batch_size: int = 1
@@ -151,6 +161,7 @@ class LoaderConfig:
     dedupe: bool = False
     max_tokens_per_batch: int | None = None
     bucket_ratio: float = 1.25
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
@@ -169,9 +180,17 @@ class SwimDataModule(pl.LightningDataModule):
         processor: the backbone's processor (built by its family adapter, swim/model/families).
         spec: the family's geometry and visual layout (the adapter's ``spec``); ``None``: the
             default family's (Qwen2.5-VL).
+        rope: the backbone's MRoPE parameters (``swim.model.packing.mrope_of``); required with
+            ``data.packing=true``.
     """
 
-    def __init__(self, cfg: Mapping[str, Any] | DictConfig, processor: Any, spec: VisualSpec | None = None):
+    def __init__(
+        self,
+        cfg: Mapping[str, Any] | DictConfig,
+        processor: Any,
+        spec: VisualSpec | None = None,
+        rope: MRope | None = None,
+    ):
         super().__init__()
         values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         assert isinstance(values, dict)
@@ -184,12 +203,21 @@ class SwimDataModule(pl.LightningDataModule):
         self.loader_cfg = LoaderConfig(
             **{k: v for k, v in values.items() if k in {f.name for f in fields(LoaderConfig)}}
         )
+        if self.loader_cfg.packing and self.loader_cfg.max_tokens_per_batch is None:
+            self.loader_cfg = replace(self.loader_cfg, max_tokens_per_batch=self.data_cfg.max_length)
         self.processor = processor
         self.builder = SampleBuilder(processor, self.data_cfg, spec)
         pad_id = processor.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError("the processor's tokenizer has no pad token id")
         self.collate_fn = functools.partial(collate, pad_id=int(pad_id))
+        self.train_collate_fn = self.collate_fn
+        if self.loader_cfg.packing:
+            if rope is None:
+                raise ValueError(
+                    "data.packing=true: the datamodule needs the backbone's MRoPE parameters (rope=)"
+                )
+            self.train_collate_fn = functools.partial(collate_packed, pad_id=int(pad_id), rope=rope)
         self.mixtures: dict[str, Mixture] = {}
         self.datasets: dict[str, SwimDataset] = {}
         self.report: dict[str, list[dict[str, Any]]] = {}
@@ -313,11 +341,11 @@ class SwimDataModule(pl.LightningDataModule):
                 seed=self.loader_cfg.seed,
                 bucket_ratio=self.loader_cfg.bucket_ratio,
                 indices=indices,
+                packing=self.loader_cfg.packing,
                 **ranks,
             )
-            return ResumableDataLoader(
-                BatchView(dataset), batch_size=None, sampler=batches, **self._loader_kwargs()
-            )
+            kwargs = {**self._loader_kwargs(), "collate_fn": self.train_collate_fn}
+            return ResumableDataLoader(BatchView(dataset), batch_size=None, sampler=batches, **kwargs)
         sampler = EpochShuffleSampler(dataset, seed=self.loader_cfg.seed, **ranks)
         return ResumableDataLoader(
             dataset, batch_size=self.loader_cfg.batch_size, sampler=sampler, **self._loader_kwargs()

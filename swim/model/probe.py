@@ -9,7 +9,16 @@ softmax of the requested query rows over their full causal row, in fp32, from th
 queries and keys the kernel received: the probabilities the model really uses.
 
 Memory is ``O(R x L x heads)`` per supervised layer (``R`` requested rows, ``L`` sequence length),
-never ``O(L^2)``. The probe's own saved tensors bypass activation checkpointing (they are kept, not
+never ``O(L^2)``.
+
+Packed rows (several samples in one row, ``swim.data.packing``): a supervised row's softmax runs
+over its own sample's causal keys only, read from what the kernel itself received: the
+block-causal mask under SDPA and eager, the varlen boundaries under FlashAttention-2
+(``cu_seq_lens_q`` when given, else derived from the packed text ``position_ids`` exactly as
+transformers' FlashAttention path does). A non-causal (reference) row is limited to its
+sample's span ``ProbeRequest.row_span``.
+
+The probe's own saved tensors bypass activation checkpointing (they are kept, not
 recomputed), so a layer recomputed in backward under non-reentrant checkpointing neither needs nor
 re-runs the probe, and the maps of the first forward keep their gradient.
 """
@@ -26,6 +35,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 from transformers.utils.generic import is_flash_attention_requested
 
@@ -43,7 +53,7 @@ class ProbeRequest:
     """Which attention rows and keys to capture in one forward.
 
     Attributes:
-        row_sample: ``(R,)`` long, batch index of each row.
+        row_sample: ``(R,)`` long, batch index (row of ``input_ids``) of each row.
         row_query: ``(R,)`` long, sequence position of each row's query.
         key_index: ``(R, K)`` long, sequence positions of the row's sample's visual tokens
             (``Supervision.visual_keys``), padded with 0 up to ``K`` (the most keys of the rows).
@@ -52,6 +62,8 @@ class ProbeRequest:
             whole row, future keys included (the reference code's recomputation).
         key_mask: ``(B, L)`` the batch's padding mask (1 = real token); the only mask of a
             non-causal row (``None``: no padding).
+        row_span: ``(R, 2)`` long ``[start, end)`` columns of each row's sample in a packed batch
+            (limits a non-causal row to its sample), or ``None`` (one sample per row).
     """
 
     row_sample: Tensor
@@ -60,6 +72,7 @@ class ProbeRequest:
     key_valid: Tensor
     causal: bool = True
     key_mask: Tensor | None = None
+    row_span: Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -92,7 +105,8 @@ def probe_request(
     Returns:
         A request whose row ``r`` has the keys ``visual_keys[s]`` of its sample ``s`` (``T*h*w``
         positions in grid order, ``grid[s] = (T, h, w)``); ``K`` is the most keys of one sample
-        (0 without rows).
+        (0 without rows). In a packed batch a row's batch index is its sample's
+        ``sample_row`` and its span the sample's ``[offset, offset + length)``.
     """
     if query is None:
         row_query = supervision.row_query
@@ -120,6 +134,13 @@ def probe_request(
     num_keys = int(sizes.max()) if row_sample.numel() else 0
     key_index = table[row_sample, :num_keys]
     key_valid = valid[row_sample, :num_keys]
+    row_span = None
+    if supervision.sample_row is not None:
+        if supervision.sample_offset is None or supervision.sample_length is None:
+            raise ValueError("a packed supervision (sample_row set) needs sample_offset and sample_length")
+        start = supervision.sample_offset[row_sample]
+        row_span = torch.stack([start, start + supervision.sample_length[row_sample]], dim=-1)
+        row_sample = supervision.sample_row[row_sample]
     return ProbeRequest(
         row_sample=row_sample,
         row_query=row_query,
@@ -127,6 +148,7 @@ def probe_request(
         key_valid=key_valid,
         causal=causal,
         key_mask=key_mask,
+        row_span=row_span,
     )
 
 
@@ -141,6 +163,8 @@ def row_attention(
     scaling: float,
     causal: bool = True,
     key_mask: Tensor | None = None,
+    cu_seq_lens: Tensor | None = None,
+    row_span: Tensor | None = None,
 ) -> Tensor:
     """Softmax attention probabilities of selected query rows over their full causal row, in fp32.
 
@@ -159,6 +183,10 @@ def row_attention(
         causal: ``False`` ignores ``attention_mask`` and takes the softmax over every unpadded key
             of the row, future ones included (the reference code's rows).
         key_mask: ``(B, L)`` padding mask (1 = real) of a non-causal row; ``None``: no padding.
+        cu_seq_lens: ``(S + 1,)`` cumulative sequence starts of a packed ``B = 1`` row
+            (FlashAttention-2's varlen boundaries) with ``attention_mask=None``: a causal row sees
+            only keys of its own sequence. ``None``: one sequence per row.
+        row_span: ``(R, 2)`` ``[start, end)`` of each non-causal row's sample in a packed row.
 
     Returns:
         ``(R, Hq, L)`` fp32 probabilities; entries outside the causal (or, with ``causal=False``,
@@ -187,8 +215,17 @@ def row_attention(
         if key_mask is not None:
             allowed = key_mask[row_sample].bool()
             scores = scores.masked_fill(~allowed[:, None, :], torch.finfo(torch.float32).min)
+        if row_span is not None:
+            inside = (positions[None, :] >= row_span[:, :1]) & (positions[None, :] < row_span[:, 1:])
+            scores = scores.masked_fill(~inside[:, None, :], torch.finfo(torch.float32).min)
     elif attention_mask is None or attention_mask.dim() == 2:
         allowed = positions[None, :] <= row_query[:, None]
+        if cu_seq_lens is not None:
+            if batch != 1:
+                raise ValueError(f"cu_seq_lens describe one packed row, got a batch of {batch}")
+            bounds = cu_seq_lens.to(device=query.device, dtype=torch.long)
+            start = bounds[torch.bucketize(row_query, bounds, right=True) - 1]
+            allowed = allowed & (positions[None, :] >= start[:, None])
         if attention_mask is not None:
             allowed = allowed & attention_mask[row_sample].bool()
         scores = scores.masked_fill(~allowed[:, None, :], torch.finfo(torch.float32).min)
@@ -232,6 +269,24 @@ class _KernelView:
 def _keep_saved_tensors() -> torch.autograd.graph.saved_tensors_hooks:
     """Saved-tensor hooks that store tensors as they are (not packed by activation checkpointing)."""
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+
+
+def _varlen_bounds(attention_mask: Tensor | None, kwargs: dict[str, object]) -> Tensor | None:
+    """The ``(S + 1,)`` packed-sequence boundaries a mask-free (FlashAttention-2) kernel uses, or ``None``.
+
+    ``cu_seq_lens_q`` when the caller passed it; else, with packed text ``position_ids`` ``(1, L)``
+    (the model passes them to every attention call), the boundaries transformers derives from them.
+    """
+    given = kwargs.get("cu_seq_lens_q")
+    if isinstance(given, Tensor):
+        return given
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or not isinstance(position_ids, Tensor) or position_ids.dim() != 2:
+        return None
+    if position_ids.shape[0] != 1:
+        return None
+    (cu_seq_lens, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+    return cu_seq_lens
 
 
 def _row_slots(row_sample: Tensor) -> tuple[Tensor, int]:
@@ -337,8 +392,6 @@ class AttentionProbe:
         kwargs: dict[str, object],
     ) -> Tensor:
         """The maps of one layer: ``(R, K)`` fp32, or ``(R, Hq, K)`` with ``keep_heads``; invalid keys 0."""
-        if kwargs.get("cu_seq_lens_q") is not None:
-            raise RuntimeError("the attention probe does not support packed (varlen) sequences")
         request = armed.request
         num_rows, num_keys = request.key_index.shape
         if not armed.maps and num_rows:
@@ -365,6 +418,8 @@ class AttentionProbe:
                 scaling,
                 causal=request.causal,
                 key_mask=request.key_mask,
+                cu_seq_lens=_varlen_bounds(attention_mask, kwargs) if request.causal else None,
+                row_span=request.row_span,
             )
             if self.keep_heads:
                 index = request.key_index[:, None, :].expand(num_rows, probs.shape[1], num_keys)
