@@ -56,6 +56,28 @@ class TinyConfig:
                 f"mrope_section {self.mrope_section} must sum to head_dim/2 = {self.head_dim // 2}"
             )
 
+    def text_config(self, rope_theta: float, **extra: Any) -> dict[str, Any]:
+        """The language model's config fields shared by every family's tiny model: the real Qwen
+        vocabulary, these widths and multimodal rope sections; ``extra`` adds family fields
+        (``rope_extra`` goes into ``rope_parameters``)."""
+        rope_extra = extra.pop("rope_extra", {})
+        return dict(
+            vocab_size=151936,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            **extra,
+            max_position_embeddings=32768,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": rope_theta,
+                "mrope_section": list(self.mrope_section),
+                **rope_extra,
+            },
+        )
+
 
 @dataclass(frozen=True)
 class FamilyAdapter:

@@ -29,20 +29,7 @@ def tiny_qwen2_vl_config(tiny: TinyConfig) -> Qwen2VLConfig:
             f"vision_hidden_size {tiny.vision_hidden_size} (mlp_ratio)"
         )
     return Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=tiny.hidden_size,
-            intermediate_size=tiny.intermediate_size,
-            num_hidden_layers=tiny.num_layers,
-            num_attention_heads=tiny.num_heads,
-            num_key_value_heads=tiny.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1e6,
-                "mrope_section": list(tiny.mrope_section),
-            },
-        ),
+        text_config=tiny.text_config(rope_theta=1e6),
         vision_config=dict(
             depth=tiny.vision_depth,
             embed_dim=tiny.vision_hidden_size,

@@ -38,21 +38,8 @@ def tiny_qwen3_vl_config(tiny: TinyConfig) -> Qwen3VLConfig:
     if len(deepstack) > tiny.num_layers:
         raise ValueError(f"{len(deepstack)} DeepStack features for {tiny.num_layers} decoder layers")
     return Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=tiny.hidden_size,
-            intermediate_size=tiny.intermediate_size,
-            num_hidden_layers=tiny.num_layers,
-            num_attention_heads=tiny.num_heads,
-            num_key_value_heads=tiny.num_kv_heads,
-            head_dim=tiny.head_dim,
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 5e6,
-                "mrope_section": list(tiny.mrope_section),
-                "mrope_interleaved": True,
-            },
+        text_config=tiny.text_config(
+            rope_theta=5e6, head_dim=tiny.head_dim, rope_extra={"mrope_interleaved": True}
         ),
         vision_config=dict(
             depth=tiny.vision_depth,
