@@ -13,7 +13,11 @@ exactly as the module scores all of them
 Subsets: ``all`` (the module's ``val/pointing_game``); ``seen`` / ``unseen``; ``first`` / ``later``
 (the phrase's first tagged token's row vs the others').
 
+``--query token`` (or ``predicting``) scores other rows than the run was trained on: e.g. a
+text-only run on the rows that a ``loss.query=token`` run supervises.
+
     .venv/bin/python benchmarks/grounding_by_row.py logs/ablation/SWEEP [--split train --limit 128]
+    .venv/bin/python benchmarks/grounding_by_row.py logs/ablation/SWEEP --query token
 """
 
 from __future__ import annotations
@@ -23,18 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
 from swim.data.batch import Supervision, SwimBatch
-from swim.data.datamodule import SwimDataModule
 from swim.metrics.grounding import GroundingMetrics, update_from_maps
-from swim.model.module import SwimModule
+from swim.train.ablation import load_job
 from swim.train.sweep import collect_jobs
 
-REPO = Path(__file__).resolve().parents[1]
 SUBSETS = ("all", "seen", "unseen", "first", "later")
 
 
@@ -61,19 +62,14 @@ def row_subsets(batch: SwimBatch, tokenizer: object) -> dict[str, Tensor]:
 
 
 def job_grounding(
-    job_dir: Path, overrides: list[str], split: str, limit: int | None
+    job_dir: Path, overrides: list[str], split: str, limit: int | None, query: str | None = None
 ) -> dict[str, tuple[float, int]]:
     """Per subset, the pointing game of the job's last checkpoint on ``split`` (``val``, or the
-    first ``limit`` samples of this seed's first ``train`` epoch) and its number of pairs."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    module = SwimModule.load_from_checkpoint(
-        job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    module.model.eval()
-    datamodule = SwimDataModule(cfg.data, processor=module.processor)
-    datamodule.prepare_data()
-    datamodule.setup("fit" if split == "train" else "validate")
+    first ``limit`` samples of this seed's first ``train`` epoch) and its number of pairs; ``query``
+    (``predicting`` / ``token``) replaces the run's ``loss.query``."""
+    _, module, datamodule = load_job(job_dir, overrides, "fit" if split == "train" else "validate")
+    if query is not None:
+        module.loss_cfg = replace(module.loss_cfg, query=query)
     loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
     metrics = {name: GroundingMetrics() for name in SUBSETS}
     seen = 0
@@ -102,9 +98,13 @@ def main() -> None:
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir of train.py (an ablation's)")
     parser.add_argument("--split", choices=("val", "train"), default="val", help="the split scored")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    parser.add_argument(
+        "--query", choices=("predicting", "token"), default=None, help="rows scored (default: the run's)"
+    )
     parser.add_argument("--jobs", nargs="*", default=None, help="job numbers (default: every finished one)")
     args = parser.parse_args()
-    table = Table(title=f"Pointing game by row ({args.split}): {args.sweep_dir}")
+    rows = f", {args.query} rows" if args.query else ""
+    table = Table(title=f"Pointing game by row ({args.split}{rows}): {args.sweep_dir}")
     table.add_column("job")
     table.add_column("overrides")
     for name in SUBSETS:
@@ -112,7 +112,7 @@ def main() -> None:
     for job in collect_jobs(args.sweep_dir):
         if job.status != "finished" or (args.jobs is not None and job.job not in args.jobs):
             continue
-        scores = job_grounding(args.sweep_dir / job.job, job.overrides, args.split, args.limit)
+        scores = job_grounding(args.sweep_dir / job.job, job.overrides, args.split, args.limit, args.query)
         cells = [f"{scores[name][0]:.3f} ({scores[name][1]})" for name in SUBSETS]
         table.add_row(job.job, " ".join(job.overrides), *cells)
     Console(width=200).print(table)

@@ -4,6 +4,7 @@ helpers around it (sweep summary, heatmap panel, secrets, checkpoint resolution)
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from train_fixtures import FAST, compose_train, demo_overrides, read_metrics, re
 
 from swim.model.backbone import build_processor
 from swim.model.maps import RowHeatmap, SampleHeatmaps, cell_frames
-from swim.train.ablation import ablation_columns, ablation_runs, seed_ratios
+from swim.train.ablation import (
+    NUM_HEADS,
+    ablation_columns,
+    ablation_runs,
+    head_baseline,
+    load_job,
+    seed_ratios,
+)
 from swim.train.callbacks import heatmap_rows
 from swim.train.checkpoints import resolve_ckpt_path
 from swim.train.console import StepProgressBar
@@ -260,6 +268,43 @@ def test_count_parameters_splits_trainable_and_frozen():
     layer = torch.nn.Linear(3, 2)
     layer.bias.requires_grad_(False)
     assert count_parameters(layer) == {"total": 8, "trainable": 6, "frozen": 2}
+
+
+def _grounding_by_row():
+    """``benchmarks/grounding_by_row.py`` as a module (benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grounding_by_row.py"
+    spec = importlib.util.spec_from_file_location("grounding_by_row", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_finished_job_reloads_for_the_heads_baseline_and_the_rows_benchmark(
+    train_demo: Path, records_cache: Path, tmp_path: Path
+):
+    overrides = [*FAST, *demo_overrides(train_demo, records_cache), "logger=csv", "loss=text_only"]
+    job_dir = tmp_path / "0"
+    train_in_process(overrides, job_dir)
+
+    cfg, module, datamodule = load_job(job_dir, overrides, "validate")
+    assert cfg.loss.mask_weight == 0 and not module.model.training
+    assert module.backbone_cfg.family == "qwen2_5_vl"
+    assert len(datamodule.val_dataloader()) > 0
+
+    metrics, heads = head_baseline(job_dir, overrides)
+    assert len(heads) == NUM_HEADS == len(set(heads))
+    assert 0.0 <= metrics["val/pointing_game"] <= 1.0
+
+    rows = _grounding_by_row()
+    predicting = rows.job_grounding(job_dir, overrides, "val", None)
+    token = rows.job_grounding(job_dir, overrides, "val", None, query="token")
+    for scores in (predicting, token):
+        pairs = {name: count for name, (_, count) in scores.items()}
+        assert pairs["all"] > 0
+        assert pairs["seen"] + pairs["unseen"] == pairs["all"] == pairs["first"] + pairs["later"]
+        assert all(0.0 <= value <= 1.0 for value, _ in scores.values())
+    # The same pairs, scored on other rows.
+    assert token["all"][1] == predicting["all"][1]
 
 
 def test_ablation_table_averages_seeds_and_puts_text_only_and_swim_side_by_side(tmp_path: Path):

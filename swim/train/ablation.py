@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from rich.console import Console
 
 from swim.data.datamodule import SwimDataModule
@@ -100,14 +101,12 @@ def text_only_jobs(sweep_dir: Path) -> dict[str, tuple[Path, list[str]]]:
     return jobs
 
 
-def head_baseline(
-    job_dir: Path, overrides: list[str]
-) -> tuple[dict[str, float | None], list[tuple[int, int]]]:
-    """The text-only run's best heads (chosen on training samples) scored on the validation split.
-
-    Returns:
-        The headline validation metrics (``val/...`` names) and the chosen (layer, head) pairs.
-    """
+def load_job(
+    job_dir: Path, overrides: list[str], stage: str
+) -> tuple[DictConfig, SwimModule, SwimDataModule]:
+    """A finished job's composed config, its last checkpoint's module (in eval mode) and its data
+    set up for ``stage`` (``fit``: training and validation splits; ``validate``), at the job's
+    model family's geometry (the demo generated first when missing)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     module = SwimModule.load_from_checkpoint(
@@ -118,7 +117,19 @@ def head_baseline(
     ensure_demo_data(cfg.data, token_px=spec.token_px)
     datamodule = SwimDataModule(cfg.data, processor=module.processor, spec=spec)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.setup(stage)
+    return cfg, module, datamodule
+
+
+def head_baseline(
+    job_dir: Path, overrides: list[str]
+) -> tuple[dict[str, float | None], list[tuple[int, int]]]:
+    """The text-only run's best heads (chosen on training samples) scored on the validation split.
+
+    Returns:
+        The headline validation metrics (``val/...`` names) and the chosen (layer, head) pairs.
+    """
+    cfg, module, datamodule = load_job(job_dir, overrides, "fit")
     selection, seen = [], 0
     for batch in datamodule.train_dataloader():
         selection.append(batch)
