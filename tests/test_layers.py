@@ -22,8 +22,9 @@ FORBIDDEN = {
 }
 
 # Known exceptions: the data doctor is a command line (``python -m swim.data.inspect``) that builds
-# the default tiny processor for its ``--deep`` load check; the pipeline itself never does.
-EXCEPTIONS = {("swim/data/inspect.py", "swim.model.backbone")}
+# the chosen family's tiny processor (its adapter) for its ``--deep`` load check; the pipeline itself
+# never does.
+EXCEPTIONS = {("swim/data/inspect.py", "swim.model.families")}
 
 
 def imported_modules(path: Path) -> list[str]:

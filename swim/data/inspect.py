@@ -6,6 +6,8 @@ Usage::
     python -m swim.data.inspect data=nl_refer data.root=/data --json report.json
     python -m swim.data.inspect path/to/file.json[l] [--video-root DIR] [--format bench_q]
     python -m swim.data.inspect ... --deep [--limit 200]  # also build every sample (load time)
+    python -m swim.data.inspect model=tiny_qwen3_vl --deep   # ... as that model family builds them
+    python -m swim.data.inspect path/to/file.json --deep --family qwen3_vl
     python -m swim.data.inspect ... --render 8 --out renders/
 
 Prints, as plain text, the annotation files that are missing (a table, with whether each source
@@ -17,15 +19,19 @@ alignment, tokenisation; ``swim.data.sample.SampleBuilder.build``), counts the l
 by reason (what training counts as ``skipped_records/<reason>``, once per epoch) and sums the
 built samples' tag and mask counters (``tags/kept``, ``tag_dropped/no_instance``,
 ``tag_dropped/no_valid_cell``, ``mask_dropped/empty``, ...); the decoders' own messages on
-standard error are silenced meanwhile. ``--render N`` draws N samples spread over each split's
-mixture (``swim.data.render``). The exit status is 1 when a split keeps no record or a required
-file is missing or unreadable.
+standard error are silenced meanwhile. Samples are built with the model family's processor and
+visual layout (its adapter, ``swim/model/families``: token side, Qwen3-VL's timestamps), the tiny
+processor over the shipped tokenizer, so no checkpoint is needed. ``--render N`` draws N samples
+spread over each split's mixture (``swim.data.render``). The exit status is 1 when a split keeps
+no record or a required file is missing or unreadable.
 
 Config mode composes ``conf/train.yaml`` with the given Hydra overrides and reads ``data.train``,
 ``data.val`` and ``data.bench`` (``{sources: {name: {...}}}``), ``data.dedupe``, ``data.seed``
-and ``data.cache_dir``; a ``data.demo_dir`` is generated first if missing. File mode (a
-``.json``/``.jsonl`` path) inspects that file alone: format auto-detected, video root its folder,
-sample knobs at their defaults.
+and ``data.cache_dir``, and the family from ``model.backbone.family`` (``model=tiny_qwen3_vl``, or
+``--family NAME`` for ``model.backbone.family=NAME``); a ``data.demo_dir`` is pointed at the demo
+drawn at that family's token side and generated first if missing, as ``train.py`` does. File mode
+(a ``.json``/``.jsonl`` path) inspects that file alone: format auto-detected, video root its
+folder, sample knobs at their defaults, the family ``--family`` (default ``qwen2_5_vl``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from swim.data.cache import AnnotationFileError
+from swim.data.doctor_report import report_lines
 from swim.data.mixture import (
     Mixture,
     SourceConfig,
@@ -66,7 +73,11 @@ MAX_EXAMPLES = 3
 
 @dataclass
 class Plan:
-    """What to inspect: sources per split and how to build them."""
+    """What to inspect: sources per split and how to build them.
+
+    ``family`` is the model family whose processor and geometry build the samples of ``--deep``
+    and ``--render`` (``None``: the default family, Qwen2.5-VL).
+    """
 
     sources: dict[str, list[SourceConfig]]
     seed: int = 0
@@ -74,20 +85,38 @@ class Plan:
     data: dict[str, Any] = field(default_factory=dict)
     demo_dir: str | None = None
     dedupe: bool = False
+    family: str | None = None
 
 
-def plan_from_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "train") -> Plan:
-    """Compose ``config_name`` under ``config_dir`` with Hydra ``overrides`` and read its data config."""
+def plan_from_config(
+    overrides: list[str],
+    config_dir: Path = CONF_DIR,
+    config_name: str = "train",
+    family: str | None = None,
+) -> Plan:
+    """Compose ``config_name`` under ``config_dir`` with Hydra ``overrides`` and read its data config.
+
+    ``family`` adds the override ``model.backbone.family=family``. The plan's family is the
+    composed ``model.backbone.family``; a ``data.demo_dir`` moves to the demo drawn at its token
+    side (``swim.data.demo.demo_folder``: ``<demo_dir>_32px`` for Qwen3-VL), the sources with it.
+    """
     from hydra import compose, initialize_config_dir
 
+    if family is not None:
+        overrides = [*overrides, f"model.backbone.family={family}"]
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="inspect"):
         cfg = compose(config_name=config_name, overrides=overrides)
+    family = OmegaConf.select(cfg, "model.backbone.family", default=None)
+    if cfg.data.get("demo_dir"):
+        from swim.data.demo import demo_folder
+
+        cfg.data.demo_dir = demo_folder(cfg.data.demo_dir, _adapter(family).spec.token_px)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(data, dict)
     sources = {split: source_configs((data.get(split) or {}).get("sources")) for split in SPLITS}
     cache_dir = data.get("cache_dir") or OmegaConf.select(cfg, "paths.cache_dir", default=".cache")
     seed, dedupe = int(data.get("seed", 0)), bool(data.get("dedupe", False))
-    return Plan(sources, seed, str(cache_dir), data, data.get("demo_dir"), dedupe)
+    return Plan(sources, seed, str(cache_dir), data, data.get("demo_dir"), dedupe, family)
 
 
 def plan_from_file(args: argparse.Namespace) -> Plan:
@@ -96,7 +125,8 @@ def plan_from_file(args: argparse.Namespace) -> Plan:
     source = SourceConfig(
         name=path.stem, path=str(path), format=args.format, sampling=args.sampling, video_root=args.video_root
     )
-    return Plan({"file": [source]}, cache_dir=args.cache_dir or ".cache", dedupe=args.dedupe)
+    family = None if args.family is None else _adapter(args.family).name
+    return Plan({"file": [source]}, cache_dir=args.cache_dir or ".cache", dedupe=args.dedupe, family=family)
 
 
 def inspect_plan(
@@ -115,8 +145,7 @@ def inspect_plan(
     if plan.demo_dir is not None:
         from swim.data.demo import ensure_demo
 
-        ensure_demo(plan.demo_dir)
-    builder = _builder(plan.data) if deep else None
+        ensure_demo(plan.demo_dir, token_px=_adapter(plan.family).spec.token_px)
     report: dict[str, Any] = {
         "seed": plan.seed,
         "cache_dir": plan.cache_dir,
@@ -125,6 +154,7 @@ def inspect_plan(
         "missing": [],
         "file_errors": [],
     }
+    builder = _builder(plan, report) if deep else None
     mixtures: dict[str, Mixture] = {}
     for split, configs in plan.sources.items():
         readable = _readable(split, configs, plan.cache_dir, report)
@@ -181,11 +211,31 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _builder(data: dict[str, Any]) -> Any:
-    from swim.data.sample import DataConfig, SampleBuilder
-    from swim.model.backbone import build_processor
+def _adapter(family: str | None) -> Any:
+    """The :class:`~swim.model.families.FamilyAdapter` of ``family`` (``None``: the default family).
 
-    return SampleBuilder(build_processor(), DataConfig.from_mapping(data))
+    Raises:
+        ValueError: an unknown family, naming the known ones.
+    """
+    from swim.model.families import DEFAULT_FAMILY, get_family
+
+    return get_family(family or DEFAULT_FAMILY)
+
+
+def _builder(plan: Plan, report: dict[str, Any]) -> Any:
+    """A :class:`~swim.data.sample.SampleBuilder` with the plan's family's processor and spec.
+
+    Notes the family and its geometry in ``report["family"]`` (``name``, ``token_px``, ``layout``).
+    """
+    from swim.data.sample import DataConfig, SampleBuilder
+
+    adapter = _adapter(plan.family)
+    report["family"] = {
+        "name": adapter.name,
+        "token_px": adapter.spec.token_px,
+        "layout": adapter.spec.layout,
+    }
+    return SampleBuilder(adapter.build_processor(), DataConfig.from_mapping(plan.data), adapter.spec)
 
 
 def _load_check(mixture: Mixture, builder: Any, indices: range, limit: int | None) -> dict[str, Any]:
@@ -241,83 +291,6 @@ def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
-def format_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    """A plain-text table: the title, then columns padded to width (first column left-aligned)."""
-    widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        cells = [
-            str(v).ljust(w) if k == 0 else str(v).rjust(w)
-            for k, (v, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return [title, line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows), ""]
-
-
-def report_lines(report: dict[str, Any]) -> list[str]:
-    """The doctor's plain-text report: missing sources, file errors, then per split its tables."""
-    lines: list[str] = []
-    if report["missing"]:
-        rows = [
-            [m["split"], m["source"], "optional" if m["optional"] else "required", m["path"]]
-            for m in report["missing"]
-        ]
-        lines += format_table("missing annotation files", ["split", "source", "needed", "path"], rows)
-    for error in report["file_errors"]:
-        lines.append(f"error: data.{error['split']} source {error['source']}: {error['error']}")
-    if report["file_errors"]:
-        lines.append("")
-    for split, entries in report["splits"].items():
-        lines += _split_lines(split, entries, report["totals"][split])
-    return lines
-
-
-def _split_lines(split: str, entries: list[dict[str, Any]], totals: dict[str, Any]) -> list[str]:
-    deep = all("load" in entry for entry in entries)
-    header = [
-        "source",
-        "in file",
-        "sampled",
-        "kept",
-        "rejected",
-        "duplicates",
-        *(["loaded ok"] if deep else []),
-    ]
-    rows = []
-    for entry in [*entries, *([{"name": "total", **totals}] if len(entries) > 1 else [])]:
-        row = [entry["name"], *(str(entry[k]) for k in ("in_file", "sampled", "kept"))]
-        row += [str(sum(entry["rejected"].values())), str(entry["duplicates"])]
-        if deep:
-            row.append(f"{entry['load']['ok']}/{entry['load']['checked']}")
-        rows.append(row)
-    lines = format_table(f"data.{split}", header, rows)
-    reasons, examples = [], []
-    for entry in entries:
-        load = entry.get("load") or {"failed": {}, "examples": {}}
-        for when, counts, found in (
-            ("parse", entry["rejected"], entry["examples"]),
-            ("load", load["failed"], load["examples"]),
-        ):
-            for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
-                reasons.append([entry["name"], when, reason, str(count)])
-                examples.append((entry["name"], reason, found.get(reason, [])))
-        if entry["duplicates"]:
-            examples.append((entry["name"], "exact duplicates", entry["duplicate_examples"]))
-    if reasons:
-        lines += format_table(f"data.{split} rejections", ["source", "when", "reason", "count"], reasons)
-    if deep:
-        counters = [[e["name"], name, str(n)] for e in entries for name, n in e["load"]["counters"].items()]
-        if counters:
-            lines += format_table(
-                f"data.{split} tags and masks (built samples)", ["source", "counter", "count"], counters
-            )
-    for name, reason, found in examples:
-        lines.append(f"  {name} {reason}:")
-        lines += [f"    {line}" for line in found]
-    return [*lines, *([""] if examples else [])]
-
-
 def _is_file_target(targets: list[str]) -> bool:
     files = [t for t in targets if "=" not in t and (t.endswith((".json", ".jsonl")) or Path(t).is_file())]
     if files and (len(targets) > 1):
@@ -340,6 +313,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dedupe", action="store_true", help="file mode: drop exact duplicates (data.dedupe)"
     )
+    parser.add_argument(
+        "--family",
+        help="model family of --deep/--render samples (qwen2_5_vl, qwen2_vl, qwen3_vl); file mode default "
+        "qwen2_5_vl, config mode model.backbone.family (this sets it)",
+    )
     parser.add_argument("--config-dir", type=Path, default=CONF_DIR, help="config mode: Hydra config folder")
     args = parser.parse_args(argv)
     if args.render and args.out is None:
@@ -359,14 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = (
             plan_from_file(args)
             if _is_file_target(args.targets)
-            else plan_from_config(args.targets, args.config_dir)
+            else plan_from_config(args.targets, args.config_dir, family=args.family)
         )
         report, mixtures = inspect_plan(plan, deep=args.deep, limit=args.limit)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.render:
-        builder = _builder(plan.data)
+        builder = _builder(plan, report)
         with quiet_stderr():
             report["renders"] = {
                 split: render_samples(mixture, builder, args.render, args.out, split)

@@ -1,10 +1,11 @@
 """A record's sequence length in tokens (visual tokens included), without decoding any media.
 
 The token-budget sampler (:mod:`swim.data.budget`) needs every training sample's length before the
-epoch starts. :func:`record_length` renders and tokenises the record's chat exactly as
-:class:`~swim.data.sample.SampleBuilder` does, and derives the visual token grid from the media's
-headers only: a video file's frame count and size from its container (PyAV, no frame decoded), a
-frame folder's file count and first frame size, an image's size. Frames sampled and the resized
+epoch starts. :func:`record_length` renders and tokenises the record's chat with
+:meth:`~swim.data.sample.SampleBuilder.chat_ids`, the call the builder itself makes, and derives
+the visual token grid from the media's headers only: a video file's frame count and size from its
+container (PyAV, no frame decoded), a frame folder's file count and first frame size, an image's
+size. Frames sampled and the resized
 size follow the same rules as loading (:func:`~swim.data.frames.sample_frame_indices`'s count,
 :func:`~swim.data.frames.fit_resolution`), so the length is **exact**: equal to ``len(sample)`` of
 the built sample. The one exception is a container whose reported frame count differs from the
@@ -36,7 +37,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from swim.data.chat import render_chat, tokenize_chat
 from swim.data.frames import FRAME_FACTOR, fit_resolution
 from swim.data.mixture import Mixture
 from swim.data.sample import SampleBuilder
@@ -58,16 +58,7 @@ def record_length(record: Record, builder: SampleBuilder) -> int:
     """
     cfg = builder.cfg
     kind = "video" if record.video is not None else "image" if record.image is not None else None
-    chat = render_chat(
-        record.turns,
-        processor=builder.processor,
-        system_prompt=cfg.system_prompt,
-        visual=kind,
-        file=record.file,
-        index=record.index,
-        label_span=cfg.label_span,
-    )
-    ids, _, _ = tokenize_chat(chat, builder.tokenizer)
+    _, ids, _, _ = builder.chat_ids(record, kind)
     if kind is None:
         return len(ids)
     if record.video is not None:

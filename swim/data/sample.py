@@ -22,7 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from swim.data.chat import Rows, Visual, align, assign_instances, render_chat, tagged_phrases, tokenize_chat
+from swim.data.chat import (
+    RenderedChat,
+    Rows,
+    Visual,
+    align,
+    assign_instances,
+    render_chat,
+    tagged_phrases,
+    tokenize_chat,
+)
 from swim.data.config import DataConfig
 from swim.data.masks import decode_frame_masks, instance_cell_masks, resize_mask_nearest
 from swim.data.media import VideoClip, load_image, load_video_clip
@@ -173,16 +182,7 @@ class SampleBuilder:
         sw, cfg = self.stopwatch, self.cfg
         kind, clip = self._media(record)
         with sw("render_tokenise"):
-            chat = render_chat(
-                record.turns,
-                processor=self.processor,
-                system_prompt=cfg.system_prompt,
-                visual=kind,
-                file=record.file,
-                index=record.index,
-                label_span=cfg.label_span,
-            )
-            ids, offsets, pad_index = tokenize_chat(chat, self.tokenizer)
+            chat, ids, offsets, pad_index = self.chat_ids(record, kind)
         grid = self._grid(kind, clip)
         num_visual = grid[0] * grid[1] * grid[2]
         block = self._visual_ids(kind, clip, grid)
@@ -249,6 +249,33 @@ class SampleBuilder:
         if cfg.pixel_masks:
             sample.pixel_masks = [m.pixel_masks for m in masks]
         return sample
+
+    def chat_ids(
+        self, record: Record, kind: Visual | None
+    ) -> tuple[RenderedChat, list[int], np.ndarray, int | None]:
+        """The record's chat rendered with ``kind``'s placeholder and tokenised once, unexpanded.
+
+        The one rendering both :meth:`build` and the token-budget lengths (``swim.data.lengths``) use.
+
+        Returns:
+            The rendered chat, its ``L0`` token ids, their ``(L0, 2)`` int64 character offsets, and
+            the index of the visual placeholder among them (``None`` when ``kind`` is ``None``).
+
+        Raises:
+            SampleError: malformed turns or tags.
+            ValueError: the chat template does not place the visual placeholder once.
+        """
+        chat = render_chat(
+            record.turns,
+            processor=self.processor,
+            system_prompt=self.cfg.system_prompt,
+            visual=kind,
+            file=record.file,
+            index=record.index,
+            label_span=self.cfg.label_span,
+        )
+        ids, offsets, pad_index = tokenize_chat(chat, self.tokenizer)
+        return chat, ids, offsets, pad_index
 
     def load_visual(self, record: Record) -> VisualSample:
         """The sampled frames, the instances' masks on them and the tag phrases (no tokenisation)."""
