@@ -1,7 +1,8 @@
 """Packed batches (``data.packing=true``): first-fit rows, MRoPE positions against the model's own
 ``get_rope_index``, packed-equals-one-by-one (CE, mask loss, probe maps, gradients) on the tiny
-Qwen2.5-VL under SDPA and eager, no token visible across samples, the probe's FlashAttention
-boundaries, the sampler (determinism, resume, two ranks) and a real ``train.py`` run."""
+Qwen2.5-VL and Qwen3-VL (timestamped cells, DeepStack) under SDPA and eager, no token visible across
+samples, the probe's FlashAttention boundaries, the sampler (determinism, resume, two ranks) and
+real ``train.py`` runs."""
 
 # ruff: noqa: F811  (pytest fixtures imported from data_fixtures are re-bound as test arguments)
 from __future__ import annotations
@@ -22,10 +23,13 @@ from swim.data.budget import TokenBudgetSampler, packed_batches
 from swim.data.chat import Rows
 from swim.data.collate import collate
 from swim.data.datamodule import SwimDataModule
+from swim.data.demo import generate_demo
 from swim.data.packing import collate_packed, sample_positions
+from swim.data.positions import MRope
 from swim.data.sample import Sample
 from swim.losses import attention_mask_loss, composite_loss
 from swim.model.backbone import BackboneConfig
+from swim.model.families import DEFAULT_FAMILY, get_family
 from swim.model.module import SwimModule
 from swim.model.packing import mrope_of
 from swim.model.probe import row_attention
@@ -34,11 +38,34 @@ TOL = 1e-5
 GRAD_TOL_FP32 = 1e-4
 
 
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def samples(small_demo: Path, processor: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Two supervised demo videos, a demo image sample and a hand-made text-only sample."""
-    cfg = demo_data_config(small_demo, tmp_path_factory.mktemp("cache"), num_workers=0)
-    dm = SwimDataModule(cfg, processor)
+def samples(
+    family: str, small_demo: Path, processor: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Two supervised demo videos, a demo image sample and a hand-made text-only sample, built by
+    ``family``'s processor from a demo drawn at its token side (the shared 28 px one for Qwen2.5-VL)."""
+    adapter = get_family(family)
+    demo = small_demo
+    if family != DEFAULT_FAMILY:
+        processor = adapter.build_processor()
+        demo = tmp_path_factory.mktemp(f"demo_{family}")
+        generate_demo(
+            demo,
+            seed=0,
+            num_train=6,
+            num_val=2,
+            num_bench=2,
+            num_images=2,
+            token_px=adapter.spec.token_px,
+            progress=False,
+        )
+    cfg = demo_data_config(demo, tmp_path_factory.mktemp("cache"), num_workers=0)
+    dm = SwimDataModule(cfg, processor, spec=adapter.spec)
     dm.setup("fit")
     built = [dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))]
     videos = [s for s in built if isinstance(s, Sample) and s.video_grid_thw is not None and len(s.rows)]
@@ -55,17 +82,14 @@ def samples(small_demo: Path, processor: Any, tmp_path_factory: pytest.TempPathF
         pixel_masks=[],
     )
     pad = int(processor.tokenizer.pad_token_id)
-    return {"videos": videos[:2], "image": images[0], "text": text_only, "pad": pad}
+    rope = mrope_of(BackboneConfig(family=family))
+    return {"videos": videos[:2], "image": images[0], "text": text_only, "pad": pad, "rope": rope}
 
 
 @pytest.fixture(scope="module", params=["sdpa", pytest.param("eager", marks=pytest.mark.slow)])
-def module(request) -> SwimModule:
+def module(request, family: str) -> SwimModule:
     torch.manual_seed(0)
-    return tiny_module(backbone={"kind": "tiny", "attn_implementation": request.param})
-
-
-def _rope():
-    return mrope_of(BackboneConfig())
+    return tiny_module(backbone={"kind": "tiny", "family": family, "attn_implementation": request.param})
 
 
 def _grads(module: SwimModule, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,7 +100,7 @@ def _grads(module: SwimModule, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def test_positions_equal_the_models_get_rope_index(samples: dict[str, Any], module: SwimModule) -> None:
     for sample in [*samples["videos"], samples["image"], samples["text"]]:
-        ours = sample_positions(sample, _rope())
+        ours = sample_positions(sample, samples["rope"])
         assert torch.equal(ours[0], torch.arange(len(sample)))
         if sample.video_grid_thw is None and sample.image_grid_thw is None:
             assert torch.equal(ours[1:], torch.arange(len(sample)).expand(3, -1))
@@ -105,7 +129,9 @@ def test_a_packed_row_equals_its_samples_one_by_one(
     gradient tensor's norm, not 1e-5: the token embedding's differ by up to ~5e-5 on entries of ~1
     (the kernels sum in another order over a block-masked row than over a short causal one). In
     float64 losses, maps and every gradient agree to 1e-10 under SDPA (1e-7 under eager, whose
-    softmax runs in float32): the difference is rounding, not a leak.
+    softmax runs in float32): the difference is rounding, not a leak. Under Qwen3-VL the row takes
+    DeepStack's joint image-and-video path (its features scattered over both samples' visual tokens),
+    each sample alone the video-only or image-only one.
     """
     first, second = samples["videos"]
     order = [first, samples["text"], second, samples["image"]]
@@ -114,7 +140,7 @@ def test_a_packed_row_equals_its_samples_one_by_one(
     tol = (1e-7 if eager else 1e-10) if precision == "float64" else TOL
     module.model.to(getattr(torch, precision))
     module.train()
-    packed = collate_packed(order, samples["pad"], _rope())
+    packed = collate_packed(order, samples["pad"], samples["rope"])
     assert packed.batch_size == 1 and packed.position_ids.shape == (4, 1, sum(len(s) for s in order))
     step = module.forward_losses(convert(packed), capture=True)
     packed_grads = _grads(module, step.loss)
@@ -155,7 +181,7 @@ def _hidden(module: SwimModule, batch: SwimBatch, **override: Any) -> torch.Tens
 def test_no_token_of_one_sample_is_visible_to_another(samples: dict[str, Any], module: SwimModule) -> None:
     first, second = samples["videos"]
     order = [first, samples["text"], second]
-    packed = collate_packed(order, samples["pad"], _rope())
+    packed = collate_packed(order, samples["pad"], samples["rope"])
     bounds = [*packed.supervision.sample_offset.tolist(), packed.input_ids.shape[1]]
     module.eval()
     base = _hidden(module, packed)
@@ -222,7 +248,7 @@ def test_first_fit_rows_and_the_packed_sampler() -> None:
 
 def test_the_datamodule_yields_packed_rows(small_demo: Path, processor: Any, tmp_path: Path) -> None:
     cfg = demo_data_config(small_demo, tmp_path, num_workers=0, packing=True, max_tokens_per_batch=2048)
-    dm = SwimDataModule(cfg, processor, rope=_rope())
+    dm = SwimDataModule(cfg, processor, rope=mrope_of(BackboneConfig()))
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert all(b.packed and b.batch_size == 1 and b.input_ids.shape[1] <= 2048 for b in batches)
@@ -232,15 +258,31 @@ def test_the_datamodule_yields_packed_rows(small_demo: Path, processor: Any, tmp
         SwimDataModule(cfg, processor)
 
 
-def test_qwen3_vl_packing_is_a_clear_error() -> None:
+def test_mrope_parameters_per_family_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert mrope_of(BackboneConfig(family="qwen2_5_vl")) == MRope(2, 4)
+    assert mrope_of(BackboneConfig(family="qwen2_vl")) == MRope(2, None)
+    assert mrope_of(BackboneConfig(family="qwen3_vl")) == MRope(2, None, cell_runs=True)
+    with pytest.raises(ValueError, match="tokens_per_second=None"):
+        MRope(2, 2.0, cell_runs=True)
+    monkeypatch.setattr("swim.model.packing.PACKING_FAMILIES", ("qwen2_5_vl",))
     with pytest.raises(ValueError, match=r"data\.packing=true supports"):
         mrope_of(BackboneConfig(family="qwen3_vl"))
 
 
 @pytest.mark.slow
-def test_train_py_with_packing(train_demo: Path, records_cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model, steps", [("tiny", 2), ("tiny_qwen3_vl", 3)])
+def test_train_py_with_packing(
+    model: str, steps: int, train_demo: Path, records_cache: Path, tmp_path: Path
+) -> None:
+    """``train.py data.packing=true`` on the 28 px train demo (Qwen3-VL's pipeline resizes it to 32 px);
+    the demo packs into two rows, so three steps run into the second epoch."""
     run_dir = tmp_path / "run"
-    run_train_py(
-        [*FAST, *demo_overrides(train_demo, records_cache), "data.packing=true", f"hydra.run.dir={run_dir}"]
-    )
-    assert read_metrics(run_dir)["global_step"] == 2
+    overrides = [
+        f"model={model}",
+        "data.packing=true",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+    ]
+    run_train_py([*FAST, *demo_overrides(train_demo, records_cache), *overrides])
+    assert read_metrics(run_dir)["global_step"] == steps

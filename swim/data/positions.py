@@ -1,15 +1,18 @@
-"""Multimodal rotary (MRoPE) positions of one sample, as the Qwen2-VL / Qwen2.5-VL models compute them.
+"""Multimodal rotary (MRoPE) positions of one sample, as the Qwen2-VL / Qwen2.5-VL / Qwen3-VL models
+compute them.
 
 A packed row holds several samples; each keeps the positions it would have alone, so the collator
 computes them per sample here (the data layer cannot call the model). The rule is that of the
-models' ``get_rope_index`` for the ``contiguous`` layout, checked against it in
-``tests/test_packing.py``:
+models' ``get_rope_index``, checked against it in ``tests/test_packing.py``:
 
 - a run of ``n`` text tokens takes positions ``p, ..., p + n - 1`` on all three axes;
 - a visual run of grid ``(T, 2h, 2w)`` patches (``h x w`` tokens per temporal cell) starting at
   ``p`` takes ``(p + floor(t * interval), p + i, p + j)`` for token ``(t, i, j)``, with
   ``interval = tokens_per_second * seconds_per_cell`` for a Qwen2.5-VL video and 1 otherwise
-  (images, Qwen2-VL); the next run starts at ``p + max(h, w)``.
+  (images, Qwen2-VL); the next run starts at ``p + max(h, w)``;
+- Qwen3-VL (``MRope.cell_runs``, the ``timestamped`` layout): a video's ``T`` temporal cells are
+  ``T`` separate runs (a timestamp and the vision markers, text, lie between them), each placed as
+  a one-cell grid ``(1, 2h, 2w)`` like an image; time is carried by the timestamp text only.
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ class MRope:
         merge_size: patches merged per token side (``vision_config.spatial_merge_size``).
         tokens_per_second: temporal positions per second of video (Qwen2.5-VL's
             ``vision_config.tokens_per_second``); ``None``: one position per temporal cell (Qwen2-VL).
+        cell_runs: each temporal cell of a video is its own visual run with grid ``(1, 2h, 2w)``
+            (Qwen3-VL, whose ``get_rope_index`` splits ``video_grid_thw`` so), with
+            ``tokens_per_second=None``.
     """
 
     merge_size: int
     tokens_per_second: float | None
+    cell_runs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cell_runs and self.tokens_per_second is not None:
+            raise ValueError(
+                "MRope: cell_runs has no temporal interval within a run; expected tokens_per_second=None"
+            )
 
 
 def _runs(types: Tensor) -> Iterator[tuple[int, int, int]]:
@@ -63,6 +76,9 @@ def mrope_positions(
         image_grid_thw: ``(I, 3)`` patch grids of its images, in order.
         second_per_grid_ts: ``(V,)`` seconds per temporal cell of each video.
     """
+    if video_grid_thw is not None and rope.cell_runs:
+        video_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+        video_grid_thw[:, 0] = 1
     grids = {
         IMAGE: iter(image_grid_thw if image_grid_thw is not None else []),
         VIDEO: iter(video_grid_thw if video_grid_thw is not None else []),

@@ -3,8 +3,8 @@
 The collator (``swim.data.packing``) computes each packed sample's MRoPE positions itself; they
 depend on the model's config, which this reads without building the model (the datamodule exists
 before the module builds it). Families: Qwen2.5-VL (video positions scaled by
-``vision_config.tokens_per_second``) and Qwen2-VL (one position per temporal cell). Qwen3-VL's
-timestamped layout is not supported yet.
+``vision_config.tokens_per_second``), Qwen2-VL (one position per temporal cell) and Qwen3-VL
+(every temporal cell its own run, placed like an image: ``MRope.cell_runs``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import AutoConfig
 from swim.data.positions import MRope
 from swim.model.backbone import BackboneConfig, checkpoint_folder
 
-PACKING_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+PACKING_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
 
 def mrope_of(cfg: BackboneConfig) -> MRope:
@@ -33,4 +33,8 @@ def mrope_of(cfg: BackboneConfig) -> MRope:
         config = AutoConfig.from_pretrained(checkpoint_folder(cfg), local_files_only=True)
     vision = config.vision_config
     tokens_per_second = getattr(vision, "tokens_per_second", None) if cfg.family == "qwen2_5_vl" else None
-    return MRope(merge_size=int(vision.spatial_merge_size), tokens_per_second=tokens_per_second)
+    return MRope(
+        merge_size=int(vision.spatial_merge_size),
+        tokens_per_second=tokens_per_second,
+        cell_runs=cfg.adapter.spec.layout == "timestamped",
+    )
