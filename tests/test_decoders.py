@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -100,11 +101,31 @@ def test_sampled_clip_is_the_same_with_every_backend(clip: tuple[Path, Path, np.
         assert difference.mean() <= AGAINST_SOURCE_MEAN
 
 
-def flip_bytes(path: Path, out: Path, count: int = 20, seed: int = 0) -> None:
-    """Copy ``path`` to ``out`` with ``count`` bytes of its middle third inverted."""
+def packets_by_frame(path: Path) -> dict[int, tuple[int, int, bool]]:
+    """Each frame's packet: frame index (presentation order) -> (byte offset, size, is key frame)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [(p.pts, p.pos, p.size, p.is_keyframe) for p in container.demux(stream) if p.size]
+    return {frame: packet[1:] for frame, packet in enumerate(sorted(packets))}
+
+
+def damage(path: Path, out: Path, frames: Sequence[int], *, how: str) -> None:
+    """Copy ``path`` to ``out`` with the packets of ``frames`` damaged.
+
+    ``how="flip"`` inverts 6 bytes in the second half of each packet (slice data: FFmpeg conceals
+    it and logs an error); ``"length"`` overwrites each packet's 4-byte NAL length (FFmpeg refuses
+    the packet). The damage lands in the same frames whatever bytes the encoder wrote.
+    """
     data = bytearray(path.read_bytes())
-    for i in random.Random(seed).sample(range(len(data) // 3, 2 * len(data) // 3), count):
-        data[i] ^= 0xFF
+    where = packets_by_frame(path)
+    picks = random.Random(0)
+    for frame in frames:
+        pos, size, _ = where[frame]
+        if how == "flip":
+            for i in picks.sample(range(pos + size // 2, pos + size), 6):
+                data[i] ^= 0xFF
+        else:
+            data[pos : pos + 4] = b"\xff\xff\xff\xff"
     out.write_bytes(bytes(data))
 
 
@@ -114,7 +135,10 @@ def corrupt(clip: tuple[Path, Path, np.ndarray], tmp_path_factory: pytest.TempPa
     big = noisy.repeat(8, axis=1).repeat(8, axis=2)
     root = tmp_path_factory.mktemp("corrupt")
     write_video(str(root / "clean.mp4"), big, fps=8.0, gop=10)
-    flip_bytes(root / "clean.mp4", root / "flipped.mp4")
+    packets = packets_by_frame(root / "clean.mp4")
+    damaged = [frame for frame in range(12, 16) if not packets[frame][2]]
+    damage(root / "clean.mp4", root / "flipped.mp4", damaged, how="flip")
+    damage(root / "clean.mp4", root / "broken.mp4", damaged[:1], how="length")
     return root
 
 
@@ -136,6 +160,32 @@ def test_concealed_corruption_is_counted_and_rejected_when_strict(corrupt: Path)
         "video",
         "corrupt_frames",
     )
+
+
+def test_a_refused_packet_is_counted_and_a_frame_it_loses_fails_the_read(corrupt: Path) -> None:
+    packets = packets_by_frame(corrupt / "broken.mp4")
+    lost = next(frame for frame in range(12, 16) if not packets[frame][2])
+    key = max(frame for frame, (_, _, is_key) in packets.items() if is_key and frame <= lost)
+    video = open_video(str(corrupt / "broken.mp4"), backend="pyav", file="ann.json", index=5)
+    with pytest.raises(SampleError) as caught:
+        video.read_counted(list(range(40)))
+    rejection = caught.value.rejection
+    assert (rejection.file, rejection.index, rejection.field, rejection.reason) == (
+        "ann.json",
+        5,
+        "video",
+        "corrupt_video",
+    )
+    assert f"frames [{lost}] do not decode" in rejection.detail
+    # Decoding goes on past the refused packet: the other frames come back, counted as damaged.
+    frames, errors = video.read_counted([frame for frame in range(40) if frame != lost])
+    assert frames.shape == (39, 128, 160, 3) and errors > 0
+    # A read that never reaches the damaged group of pictures is clean.
+    assert key > 0 and video.read_counted(list(range(key)))[1] == 0
+    lenient = DataConfig(max_frames=40, video={"backend": "pyav"})
+    with pytest.raises(SampleError) as caught:
+        load_video_clip(str(corrupt / "broken.mp4"), lenient, file="ann.json", index=5)
+    assert caught.value.rejection.reason == "corrupt_video"  # lenient or not: a lost frame is lost
 
 
 def _sleep_holding_the_gil(seconds: int) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,8 +54,11 @@ class PyAVDecoder:
     Opening demuxes the whole file once (no pixels are decoded) to count its frames and learn their
     timestamps and key frames; a frame's index is its rank in presentation order. A file whose
     packets have no timestamps is decoded sequentially from the start instead. FFmpeg's error
-    messages during a read are captured (never printed) and counted per decoded frame. Decoding
-    runs on one thread (see :meth:`read`), whatever ``threads`` says.
+    messages during a read are captured (never printed) and counted per decoded frame. A packet
+    FFmpeg refuses outright (``InvalidDataError``: a broken NAL length, say) counts as an error
+    frame and decoding goes on with the next packet, as the ``ffmpeg`` tool does; a wanted frame
+    that never decodes fails the read. Decoding runs on one thread (see :meth:`read`), whatever
+    ``threads`` says.
     """
 
     def __init__(self, path: str, threads: int = 0):
@@ -110,10 +113,12 @@ class PyAVDecoder:
                 last_start = start
                 if self._pts:
                     container.seek(self._pts[start], stream=stream, backward=True, any_frame=False)
-                for position, frame in enumerate(container.decode(stream), start=start):
+                refused = [0]
+                decoded = _decode_packets(container, stream, refused, timed=bool(self._pts))
+                for position, frame in enumerate(decoded, start=start):
                     errors = sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
-                    error_frames += errors > seen_errors
-                    seen_errors = errors
+                    error_frames += (errors > seen_errors) + refused[0]
+                    seen_errors, refused[0] = errors, 0
                     index = self._index.get(frame.pts, -1) if self._pts else position
                     if index < start:
                         continue
@@ -126,6 +131,7 @@ class PyAVDecoder:
                     ):
                         break  # done, or a key frame lies between here and the next wanted frame
                 else:
+                    error_frames += refused[0]
                     break  # the stream ended
         missing = sorted(set(wanted) - set(found))
         if missing:
@@ -133,6 +139,26 @@ class PyAVDecoder:
                 f"frames {missing} do not decode (the stream ends before them, or they are damaged)"
             )
         return np.stack([found[i] for i in indices]), error_frames
+
+
+def _decode_packets(container: Any, stream: Any, refused: list[int], *, timed: bool) -> Iterator[Any]:
+    """Yield the frames of ``stream`` from the container's position, packet by packet.
+
+    A packet whose decode raises ``InvalidDataError`` adds 1 to ``refused[0]`` and is skipped. In
+    a stream without timestamps a frame's index is its position, which a skipped packet would
+    shift, so there the error is raised instead.
+    """
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if not timed:
+                raise
+            refused[0] += 1
+            continue
+        yield from frames
 
 
 class DecordDecoder:

@@ -332,6 +332,8 @@ def write_video(
 ) -> None:
     """Encode frames to an H.264 (libx264, yuv420p) mp4 with PyAV; for demos, tests and benchmarks.
 
+    The bytes depend only on the arguments (one encoder thread), not on the machine's core count.
+
     Args:
         path: the output file.
         frames: ``(F, H, W, 3)`` uint8 RGB, ``H`` and ``W`` even (yuv420p).
@@ -346,6 +348,9 @@ def write_video(
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
+        # One encoder thread: x264's output depends on its thread count, so the same frames give
+        # the same bytes on every machine.
+        stream.codec_context.thread_count = 1
         if gop:
             stream.codec_context.gop_size = gop
         for frame in frames:
