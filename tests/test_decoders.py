@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import random
 import threading
 import time
@@ -17,6 +18,7 @@ from PIL import Image
 
 from swim.data import deadline
 from swim.data.config import DataConfig
+from swim.data.deadline import call_with_deadline
 from swim.data.decoders import AUTO_ORDER, BACKENDS, DECODERS, PyAVDecoder, resolve_backend, unavailable
 from swim.data.media import load_video_clip
 from swim.data.schema import SampleError
@@ -250,6 +252,28 @@ def test_without_a_deadline_nothing_is_forked(clip) -> None:
     deadline._HELPER = None
     load_video_clip(str(clip[0]), DataConfig(max_frames=8))
     assert deadline._HELPER is None
+
+
+class _Cycle:
+    """A reference cycle: only the garbage collector frees it."""
+
+    def __init__(self, reader: object):
+        self.reader, self.me = reader, self
+
+
+@pytest.mark.skipif(unavailable("decord") is not None, reason="decord is not installed")
+def test_the_helper_never_finalises_a_decoder_it_inherited(clip) -> None:
+    import decord
+
+    deadline._HELPER = None
+    reader = decord.VideoReader(str(clip[0]), num_threads=2)
+    reader.get_batch([0, 5])
+    _Cycle(reader)
+    del reader
+    # Freed in the helper, decord's reader would join decoding threads that only this process has:
+    # the helper hangs (a good file then times out) or crashes.
+    assert call_with_deadline(gc.collect, (), 10.0) >= 0
+    gc.collect()
 
 
 class _Clips(torch.utils.data.Dataset):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -42,10 +43,14 @@ class _Helper:
 
     def __init__(self) -> None:
         parent, child = Pipe()
+        # Objects that exist at the fork stay uncollected in the helper: a finaliser there (a
+        # decord reader's, say) joins threads that only the parent has, and hangs or crashes it.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             parent.close()
             _serve(child)
+        gc.unfreeze()
         child.close()
         self.pid, self.conn, self.owner = pid, parent, os.getpid()
 
