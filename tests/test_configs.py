@@ -132,10 +132,17 @@ def test_demo_experiments_differ_only_in_the_loss(tmp_path: Path):
         assert swim[key] == text[key], key
     # train.py's recipe, trained three epochs instead of one.
     default = compose_train([], tmp_path)
-    assert swim.model == default.model and swim.data == default.data
+    assert swim.model == default.model
+    assert swim.data == OmegaConf.merge(default.data, {"query": "token"})
     schedule = ("max_steps", "val_check_interval", "gradient_clip_val")
     assert {k: swim.trainer[k] for k in schedule} == {k: default.trainer[k] for k in schedule}
     assert (default.trainer.max_epochs, swim.trainer.max_epochs) == (1, 3)
+    # The demo supervises (and scores) the tagged tokens' own rows; the library default and the
+    # reference-exact column keep the reference's predicting rows.
+    reference = compose_train(["experiment=demo_reference"], tmp_path)
+    assert (swim.loss.query, text.loss.query) == ("token", "token")
+    assert (default.loss.query, reference.loss.query) == ("predicting", "predicting")
+    assert swim.loss == OmegaConf.merge(default.loss, {"query": "token"})
 
 
 def test_optuna_search_and_slurm_launcher_configure_hydra():
