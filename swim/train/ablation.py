@@ -180,9 +180,10 @@ def seed_ratios(
 def reference_columns(overrides: list[str]) -> dict[str, dict[str, float]]:
     """``chance`` and ``oracle`` grounding metrics on the ablation's validation split.
 
-    Composes ``conf/train.yaml`` as the SWIM run does (``experiment=demo_swim`` plus ``overrides``)
-    and scores :func:`~swim.metrics.grounding.reference_maps` on its validation batches exactly as the
-    module scores its fused maps.
+    Composes ``conf/train.yaml`` as the last column's run does (``experiment=demo_reference`` plus
+    ``overrides``: the same data and masks as every column's) and scores
+    :func:`~swim.metrics.grounding.reference_maps` on its validation batches exactly as the module
+    scores its fused maps.
     """
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={next(reversed(EXPERIMENTS))}", *overrides])
